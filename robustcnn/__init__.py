@@ -1,0 +1,33 @@
+"""robustcnn: train CNN image classifiers and measure how robust they really are, through ART.
+
+    robustcnn.train(dataset="mnist5k", adv=True, out="runs/mnist-adv")
+    model = robustcnn.load_model("runs/mnist-adv")      # eval mode, pixels in [0, 1] -> logits
+    run = robustcnn.load_run("runs/mnist-adv")          # run.meta: config, dataset, metrics, versions
+    test = robustcnn.load_dataset("mnist5k", "test")
+
+Imports are lazy so that `python -m robustcnn.report` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("robustcnn.train", None),  # the package is callable: robustcnn.train(...)
+    "load_model": ("robustcnn.runs", "load_model"),
+    "load_run": ("robustcnn.runs", "load_run"),
+    "load_dataset": ("robustcnn.data", "load_dataset"),
+    "TrainConfig": ("robustcnn.train.config", "TrainConfig"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'robustcnn' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)

@@ -1,0 +1,12 @@
+"""Attacks by name, all through ART. Add one by writing a module with an `@ATTACKS.register` class."""
+
+from __future__ import annotations
+
+from robustcnn.attacks import apgd, fgsm, minimal, patch, pgd, square  # noqa: F401  (registers the attacks)
+from robustcnn.attacks.base import ATTACKS, Attack, BoundedAttack, MinimalAttack, PatchAttack, Target
+
+__all__ = ["ATTACKS", "Attack", "BoundedAttack", "MinimalAttack", "PatchAttack", "Target", "attack_names"]
+
+
+def attack_names() -> list[str]:
+    return ATTACKS.names()

@@ -1,0 +1,42 @@
+"""The one place that wraps a model for ART: pixel range, labels, device and batch size are set here."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def art_classifier(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    device: torch.device,
+    loss: nn.Module | None = None,
+):
+    """An ART `PyTorchClassifier` over `model` (the same module: training updates are seen at once).
+
+    clip_values=(0, 1) because every model takes pixels in [0, 1] and normalises inside.
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=loss if loss is not None else nn.CrossEntropyLoss(),
+        input_shape=tuple(input_shape),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    # ART only knows "cpu" and "gpu" (the current CUDA device); this lets it run on cuda:N and mps too.
+    classifier._device = device
+    model.to(device)
+    return classifier
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).numpy()
+
+
+def from_numpy(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)

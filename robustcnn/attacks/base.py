@@ -1,0 +1,97 @@
+"""The attack base classes. Each attack module wraps one ART class; this file does the shared chores.
+
+Three kinds of attack:
+- `BoundedAttack`: finds x_adv inside the eps ball (FGSM, PGD, APGD, Square); run once per eps.
+- `MinimalAttack`: finds the smallest perturbation it can (Carlini-Wagner, DeepFool); one run gives
+  the accuracy at every eps: an example is robust at eps if the attack failed or needed more than eps.
+- `PatchAttack`: optimises one universal patch on training images, then pastes it at several scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from robustcnn.config import from_mapping, to_dict
+from robustcnn.errors import UsageError
+from robustcnn.registry import Registry
+from robustcnn.threat import Norm
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """An attack with no tunable parameters."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an attack runs against: an ART classifier over the model, on one device."""
+
+    classifier: Any  # art.estimators.classification.PyTorchClassifier
+    model: torch.nn.Module
+    device: torch.device
+    batch_size: int  # examples per ART call: large on GPUs, ~128 on CPUs (cache-bound)
+    num_classes: int
+
+
+class Attack:
+    """Shared by every attack: declared capabilities, parameter parsing, and device pinning."""
+
+    box: ClassVar[str] = "white"  # "black" when only model outputs are used (no gradients)
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, name: str, norm: Norm, params: Any, target: Target):
+        self.name, self.norm, self.params, self.target = name, norm, params, target
+
+    @classmethod
+    def parse_params(cls, entry: dict[str, Any], where: str) -> Any:
+        return from_mapping(cls.Params, entry, where)
+
+    @classmethod
+    def check_norm(cls, norm: Norm, where: str) -> None:
+        if norm not in cls.norms:
+            allowed = ", ".join(n.value for n in cls.norms)
+            raise UsageError(f"{where}norm {norm.value!r} is not supported by this attack; allowed: {allowed}")
+
+    @classmethod
+    def describe_params(cls, params: Any) -> dict[str, Any]:
+        return to_dict(params) if fields(params) else {}
+
+    def pin_device(self, art_attack: Any) -> Any:
+        """ART re-wraps some estimators on its own idea of the device; put them back on ours."""
+        estimator = getattr(art_attack, "estimator", None)
+        if estimator is not None and hasattr(estimator, "_device"):
+            estimator._device = self.target.device
+        self.target.model.to(self.target.device)
+        return art_attack
+
+
+class BoundedAttack(Attack):
+    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps."""
+        raise NotImplementedError
+
+
+class MinimalAttack(Attack):
+    def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x_adv as close to x as the attack can get while misclassified (x itself where it gives up)."""
+        raise NotImplementedError
+
+
+class PatchAttack(Attack):
+    norms = ()
+
+    def train_patch(self, x: np.ndarray, y: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:
+        """Optimises the patch on training images; returns it as (C, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def apply(self, x: np.ndarray, scale: float, patch: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:
+        """Pastes `patch` at `scale` (fraction of the image side) at a random place on each image."""
+        raise NotImplementedError
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -1,0 +1,27 @@
+"""fgsm: Goodfellow et al. (2015), one signed-gradient step of size eps (ART `FastGradientMethod`).
+
+The weakest white-box attack here; it is in every suite as the single-step reference that iterative
+attacks must beat (a sanity check).
+"""
+
+from __future__ import annotations
+
+from robustcnn.attacks.base import ATTACKS, BoundedAttack
+
+
+@ATTACKS.register("fgsm")
+class Fgsm(BoundedAttack):
+    def generate(self, x, y, eps):
+        from art.attacks.evasion import FastGradientMethod
+
+        attack = FastGradientMethod(
+            self.target.classifier,
+            norm=self.norm.art,
+            eps=eps,
+            eps_step=eps,
+            targeted=False,
+            num_random_init=0,
+            batch_size=self.target.batch_size,
+            minimal=False,
+        )
+        return attack.generate(x, y)  # y: true labels, never ART's predicted-label default (label leaking)

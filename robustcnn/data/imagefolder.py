@@ -1,0 +1,110 @@
+"""`imagefolder:PATH`: your own images, one folder per class.
+
+Either PATH/train/<class>/* and PATH/test/<class>/*, or PATH/<class>/* which is split 80/20,
+stratified and seeded. All images must share one size and be all greyscale or all colour: we do not
+resize silently, because a resize changes what an eps means.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustcnn.data.base import DATASETS, DataOptions, DatasetInfo, Source, Split, stratified_split
+from robustcnn.errors import UsageError
+from robustcnn.threat import Norm, ThreatModel
+
+_GREY_MODES = {"1", "L", "I", "I;16", "F"}
+SPLIT_SEED = 0
+
+
+@DATASETS.register("imagefolder")
+class ImageFolderSource(Source):
+    def info(self, options: DataOptions) -> DatasetInfo:
+        root = _root(options)
+        x, _, classes = _read_split(root, Split.TRAIN)
+        pixels = x.float().div(255)
+        return DatasetInfo(
+            name=f"imagefolder:{root}",
+            shape=tuple(x.shape[1:]),
+            class_names=tuple(classes),
+            mean=tuple(pixels.mean(dim=(0, 2, 3)).tolist()),
+            std=tuple(pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()),
+            threat_model=ThreatModel(Norm.LINF, 8 / 255),
+            train_defaults={"epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 1e-3},
+        )
+
+    def load(self, split: Split, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = _read_split(_root(options), split)
+        return x, y
+
+
+def _root(options: DataOptions) -> Path:
+    if not options.argument:
+        raise UsageError("dataset 'imagefolder' needs a path: write imagefolder:PATH")
+    root = Path(options.argument).expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"imagefolder path {str(root)!r} is not a directory")
+    return root
+
+
+@lru_cache(maxsize=4)
+def _read_split(root: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        files, labels, classes = _index(root / split.value)
+        train_classes = _index(root / "train")[2]
+        if classes != train_classes:
+            raise UsageError(f"{root}/test has classes {classes} but {root}/train has {train_classes}")
+    else:
+        files, labels, classes = _index(root)
+        train, test = stratified_split(np.asarray(labels), test_size=0.2, seed=SPLIT_SEED)
+        keep = train if split is Split.TRAIN else test
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    return _decode(files), torch.tensor(labels, dtype=torch.long), classes
+
+
+def _index(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise UsageError(f"no images found under {folder}; expected {folder}/<class>/*.png (or .jpg, .bmp, ...)")
+    if len(classes) < 2:
+        raise UsageError(f"{folder} has {len(classes)} class folder(s); a classifier needs at least 2")
+    return files, labels, classes
+
+
+def _decode(files: list[Path]) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, first = [], None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                grey = image.mode in _GREY_MODES
+                array = np.asarray(image.convert("L" if grey else "RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"cannot read image {path}: {error}") from None
+        array = array[None] if grey else array.transpose(2, 0, 1)  # (C, H, W)
+        if first is None:
+            first = (path, array.shape)
+        elif array.shape != first[1]:
+            raise UsageError(
+                f"image {path} is {_describe(array.shape)} but {first[0]} is {_describe(first[1])}; "
+                "all images must have the same size and colour mode (resize them first)"
+            )
+        arrays.append(array)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    channels, height, width = shape
+    return f"{width}x{height} {'greyscale' if channels == 1 else 'colour'}"

@@ -1,0 +1,32 @@
+"""Device choice: cuda > mps > cpu unless the user names one."""
+
+from __future__ import annotations
+
+import torch
+
+from robustcnn.errors import UsageError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}; choose one of: {DEVICE_CHOICES}") from None
+    if device.type not in {"cpu", "cuda", "mps"}:
+        raise UsageError(f"unsupported device {spec!r}; choose one of: {DEVICE_CHOICES}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {spec!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {spec!r} was asked for but MPS is not available here; use --device cpu")
+    return device

@@ -1,0 +1,69 @@
+"""The sweep's output format: the contract between `sweep` (writes) and `report` (reads). No torch here.
+
+A sweep output directory holds:
+
+    results.csv        tidy table, one row per (model, attack, eps-or-scale); columns are `COLUMNS` below
+    manifest.json      provenance: command, suite, seed, n, versions, git sha, machine, device, timings, and
+                       per model {id, path, sha256, dataset, arch, method, threat_model, class_names,
+                       training_metrics (the run's per-epoch rows)}
+    cells/             one JSON row + one packed per-example correctness array per finished cell (resume state)
+    gallery/<model>.npz    a few examples for the report: x, x_adv (k, C, H, W) float32 in [0, 1], y, pred,
+                           pred_adv (k,) int64, and 0-d arrays attack (str) and eps (float)
+    patches/<model>__<attack>.png    the optimised adversarial patch, when the suite has one
+    report.html, summary.md, checks.json    written by the report
+
+Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch scale), "worst-case"
+(per model and eps: an example counts as robust only if it survived every attack at that eps).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+RESULTS_FILE = "results.csv"
+MANIFEST_FILE = "manifest.json"
+CHECKS_FILE = "checks.json"
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.md"
+
+COLUMNS = [
+    "model",  # model id: the run directory name, made unique within the sweep
+    "checkpoint_sha256",  # hash of the weights file attacked
+    "dataset",  # dataset name
+    "arch",  # architecture name
+    "train_method",  # standard, pgd, fgsm-rs or trades
+    "kind",  # clean | attack | worst-case
+    "attack",  # entry name in the suite (e.g. "pgd-linf"); "clean" or "worst-case" for those kinds
+    "attack_type",  # registry name of the attack (fgsm, pgd, apgd-ce, apgd-dlr, square, cw-l2, deepfool, patch)
+    "box",  # white | black | none: black-box attacks use only the model's outputs
+    "params",  # the attack's parameters as compact JSON (steps, restarts, step size, ...)
+    "norm",  # inf | 2 | "" (patch, clean)
+    "eps",  # radius in [0, 1] pixel units (0 for clean; empty for patch rows)
+    "scale",  # patch side as a fraction of the image (patch rows only)
+    "n",  # examples evaluated
+    "n_correct",  # examples still classified correctly under the attack
+    "accuracy",  # n_correct / n
+    "ci_low",  # Wilson 95% interval of accuracy
+    "ci_high",
+    "target_success",  # patch only: fraction of examples classified as the patch's target class
+    "seconds",  # wall time of the cell
+    "suite",  # suite name
+    "seed",  # sweep seed
+    "cell",  # cache key: hash of model, attack config, eps, data subset, seed and mode
+]
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion: honest at 0%, 100% and small n, unlike p +- z*se."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def results_path(out: str | Path) -> Path:
+    return Path(out) / RESULTS_FILE

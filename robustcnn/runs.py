@@ -1,0 +1,150 @@
+"""Run directories: what training writes and what the sweep, the report and users read back.
+
+    run.json            everything needed to rebuild and judge the model (config, dataset, versions, metrics)
+    best.safetensors    weights of the best epoch (robust validation accuracy for adversarial training)
+    last.safetensors    weights after the last finished epoch
+    resume.safetensors  weights + optimiser state, to continue exactly where training stopped
+    metrics.csv         one row per epoch
+
+Weights are safetensors: loading them can never run code, unlike pickle-based `.pt` files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustcnn.data import DatasetInfo
+from robustcnn.errors import UsageError
+from robustcnn.fileio import atomic_path, read_json, sha256_file
+from robustcnn.models import ModelConfig, Normalized, create_model
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+STATE_FILE = "resume.safetensors"
+WEIGHTS = {"best": "best.safetensors", "last": "last.safetensors"}
+FORMAT = "robustcnn-run/1"
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"robustcnn": json.dumps(metadata)})
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {}).get("robustcnn", "{}"))
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
+        raise UsageError(
+            f"checkpoint {path} is not a readable safetensors file ({_first_line(error)}); "
+            "it may be truncated or corrupt: retrain, or restore it from a copy"
+        ) from None
+
+
+def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Strict load with an error that says which architecture or dataset the file does not match."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected.keys() != found.keys():
+        missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        problems = [
+            f"{len(names)} {what} (e.g. {names[0]!r})"
+            for what, names in (("missing", missing), ("unexpected", extra))
+            if names
+        ]
+        raise UsageError(
+            f"checkpoint {source} does not match the model: weights {' and '.join(problems)}; "
+            "was it saved for another architecture?"
+        )
+    wrong = [k for k in expected if expected[k] != found[k]]
+    if wrong:
+        k = wrong[0]
+        raise UsageError(
+            f"checkpoint {source} does not match the model: {k} has shape {found[k]}, expected {expected[k]}; "
+            "was it saved for another dataset (channels, image size, classes)?"
+        )
+    model.load_state_dict(tensors, strict=True)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished (or interrupted) training run, read back from its directory."""
+
+    path: Path
+    meta: dict[str, Any]  # the parsed run.json
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        return DatasetInfo.from_dict(self.meta["dataset"])
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.meta["model"])
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(self.meta.get("metrics", []))
+
+    def weights_path(self, which: str = "best") -> Path:
+        if which not in WEIGHTS:
+            raise UsageError(f"unknown weights {which!r}; choose one of: {', '.join(WEIGHTS)}")
+        return self.path / WEIGHTS[which]
+
+    def weights_sha256(self, which: str = "best") -> str:
+        return sha256_file(self.weights_path(which))
+
+    def model(self, which: str = "best", device: str | torch.device = "cpu") -> Normalized:
+        tensors, _ = load_tensors(self.weights_path(which))
+        model = create_model(self.model_config)
+        load_weights_into(model, tensors, self.weights_path(which))
+        return model.to(device).eval()
+
+
+def load_run(path: str | Path) -> Run:
+    """Reads run.json and checks it describes a robustcnn run with weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"run directory {str(path)!r} does not exist")
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        raise UsageError(
+            f"{path} is not a robustcnn run directory (no {RUN_FILE}); train one with python -m robustcnn.train"
+        )
+    try:
+        meta = read_json(run_file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{run_file} is not valid JSON ({_first_line(error)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UsageError(f"{run_file} is not a {FORMAT} file")
+    return Run(path, meta)
+
+
+def load_model(path: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Normalized:
+    """The trained model, in eval mode, taking (N, C, H, W) pixels in [0, 1] and returning logits."""
+    return load_run(path).model(weights, device)

@@ -1,0 +1,236 @@
+"""Attack suites: TOML files that list attacks, their parameters and their eps (or patch-scale) grids.
+
+    description = "what it is for and what it costs"
+    n = 500                           # test images, unless --n says otherwise
+    [[attack]]
+    name = "pgd-linf"                 # unique within the suite; rows and --fail-under use it
+    type = "pgd"                      # an attack of robustcnn.attacks
+    norm = "inf"                      # inf or 2
+    eps = [0.1, 0.2, 0.3]             # absolute radii in [0, 1] pixel units, or instead:
+    # eps_fraction = [0.5, 1.0]       # multiples of the dataset's reference eps (MNIST Linf 0.3, CIFAR 8/255)
+    steps = 40                        # the attack's own parameters
+
+Suites are found by name in the checkout's attacks/ folder or inside the installed package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from robustcnn.attacks import ATTACKS, MinimalAttack, PatchAttack
+from robustcnn.data import DatasetInfo
+from robustcnn.errors import UsageError
+from robustcnn.threat import Norm, check_eps, parse_eps
+
+SUITE_KEYS = ("description", "n", "reference_eps", "attack")
+ENTRY_KEYS = ("name", "type", "norm", "eps", "eps_fraction", "scales")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str  # unique within the suite
+    type: str  # registry name
+    norm: Norm | None  # None for the patch
+    eps: tuple[float, ...] | None  # absolute radii
+    eps_fraction: tuple[float, ...] | None  # multiples of the dataset's reference eps
+    scales: tuple[float, ...] | None  # patch side / image side, patch only
+    params: Any  # the attack's Params dataclass
+
+    @property
+    def attack_class(self):
+        return ATTACKS.get(self.type)
+
+    @property
+    def is_patch(self) -> bool:
+        return issubclass(self.attack_class, PatchAttack)
+
+    @property
+    def is_minimal(self) -> bool:
+        return issubclass(self.attack_class, MinimalAttack)
+
+    def grid(self, info: DatasetInfo) -> tuple[float, ...]:
+        """Sorted absolute grid for one dataset: eps for attacks, scales for the patch."""
+        if self.is_patch:
+            return tuple(sorted(self.scales))
+        if self.eps is not None:
+            return tuple(sorted(self.eps))
+        reference = info.reference_eps(self.norm)
+        grid = tuple(sorted(round(f * reference, 10) for f in self.eps_fraction))
+        for eps in grid:
+            check_eps(
+                eps, self.norm, what=f"attack {self.name!r}: eps_fraction x {info.name} reference {reference:g} ="
+            )
+        return grid
+
+    def describe(self) -> dict[str, Any]:
+        """What determines this attack's results (its cache identity), as plain JSON."""
+        return {
+            "type": self.type,
+            "norm": self.norm.value if self.norm else None,
+            "params": self.attack_class.describe_params(self.params),
+        }
+
+    def params_json(self) -> str:
+        return json.dumps(self.attack_class.describe_params(self.params), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    n: int | None  # default number of test images
+    reference_eps: float | None  # the eps the headline table reports; None: each dataset's threat model
+    attacks: tuple[AttackSpec, ...]
+    text: str  # the file as written, kept in the manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "description": self.description,
+            "n": self.n,
+            "reference_eps": self.reference_eps,
+            "text": self.text,
+        }
+
+
+def suite_folders() -> list[Path]:
+    """The checkout's attacks/ folder first (so edits take effect), then the copy inside the package."""
+    checkout = Path(__file__).resolve().parents[2] / "attacks"
+    packaged = Path(str(resources.files("robustcnn"))) / "suites"
+    return [folder for folder in (checkout, packaged) if folder.is_dir()]
+
+
+def suite_names() -> list[str]:
+    return sorted({p.stem for folder in suite_folders() for p in folder.glob("*.toml")})
+
+
+def find_suite(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == ".toml" or "/" in text or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"suite file {text!r} does not exist")
+        return path
+    for folder in suite_folders():
+        if (folder / f"{text}.toml").is_file():
+            return folder / f"{text}.toml"
+    raise UsageError(f"unknown suite {text!r}; choose one of: {', '.join(suite_names())}, or a path to a .toml file")
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    path = find_suite(name_or_path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from None
+    return parse_suite(data, path, text)
+
+
+def parse_suite(data: dict[str, Any], path: Path, text: str = "") -> Suite:
+    where = f"{path}: "
+    _reject_unknown(data, SUITE_KEYS, where)
+    entries = data.get("attack")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise UsageError(f"{where}needs at least one [[attack]] table")
+    attacks = tuple(_parse_entry(entry, i + 1, where) for i, entry in enumerate(entries))
+    names = [a.name for a in attacks]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise UsageError(f"{where}attack name {duplicate!r} is used twice; names must be unique")
+    n = data.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
+        raise UsageError(f"{where}n = {n!r} is not allowed; it must be a whole number > 0")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UsageError(f"{where}description must be a string")
+    reference = data.get("reference_eps")
+    if reference is not None:
+        reference = check_eps(parse_eps(reference, f"{where}reference_eps"), Norm.LINF, f"{where}reference_eps")
+    return Suite(path.stem, path, description, n, reference, attacks, text)
+
+
+def _reject_unknown(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise UsageError(f"{where}unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+
+
+def _parse_entry(entry: dict[str, Any], number: int, where: str) -> AttackSpec:
+    label = entry.get("name", entry.get("type", "?"))
+    where = f"{where}attack #{number} ({label!r}): "
+    if "type" not in entry:
+        raise UsageError(f"{where}missing field 'type'; choose one of: {', '.join(ATTACKS.names())}")
+    try:
+        cls = ATTACKS.get(str(entry["type"]))
+    except UsageError as error:
+        raise UsageError(f"{where}{error}") from None
+    if "name" not in entry or not isinstance(entry["name"], str) or not entry["name"].strip():
+        raise UsageError(f"{where}missing field 'name' (a short unique label such as 'pgd-linf')")
+    params = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    try:
+        parsed = cls.parse_params(params, where)
+    except UsageError as error:
+        allowed = ", ".join(ENTRY_KEYS + tuple(cls.Params.__dataclass_fields__))
+        raise UsageError(
+            f"{error}; allowed keys: {allowed}" if "unknown option" in str(error) else str(error)
+        ) from None
+    if issubclass(cls, PatchAttack):
+        return _patch_entry(entry, cls, parsed, where)
+    if "norm" not in entry:
+        raise UsageError(f"{where}missing field 'norm'; choose one of: inf, 2")
+    try:
+        norm = Norm.parse(entry["norm"])
+    except UsageError as error:
+        raise UsageError(f"{where}{error}") from None
+    cls.check_norm(norm, where)
+    if "scales" in entry:
+        raise UsageError(f"{where}'scales' is only for the patch attack; use 'eps' or 'eps_fraction'")
+    has_eps, has_fraction = "eps" in entry, "eps_fraction" in entry
+    if has_eps == has_fraction:
+        raise UsageError(f"{where}give exactly one of 'eps' (absolute) or 'eps_fraction' (of the dataset's eps)")
+    if has_eps:
+        grid = _numbers(entry["eps"], "eps", where)
+        for eps in grid:
+            check_eps(eps, norm, f"{where}eps")
+        return AttackSpec(entry["name"], entry["type"], norm, grid, None, None, parsed)
+    fractions = _numbers(entry["eps_fraction"], "eps_fraction", where)
+    return AttackSpec(entry["name"], entry["type"], norm, None, fractions, None, parsed)
+
+
+def _patch_entry(entry: dict[str, Any], cls, parsed: Any, where: str) -> AttackSpec:
+    for key in ("norm", "eps", "eps_fraction"):
+        if key in entry:
+            raise UsageError(f"{where}{key!r} does not apply to the patch attack; give 'scales'")
+    if "scales" not in entry:
+        raise UsageError(f"{where}missing field 'scales' (patch side as a fraction of the image, e.g. [0.1, 0.2])")
+    scales = _numbers(entry["scales"], "scales", where)
+    bad = next((s for s in scales if not 0 < s <= 1), None)
+    if bad is not None:
+        raise UsageError(f"{where}scale {bad!r} is not allowed; scales must lie in (0, 1]")
+    return AttackSpec(entry["name"], entry["type"], None, None, None, scales, parsed)
+
+
+def _numbers(value: Any, key: str, where: str) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise UsageError(f"{where}{key!r} is empty; give at least one value")
+    out = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+            raise UsageError(f"{where}{key} value {item!r} is not a number")
+        number = parse_eps(item, f"{where}{key} value")
+        if number < 0 or number != number:
+            raise UsageError(f"{where}{key} value {item!r} is not allowed; it must be >= 0")
+        out.append(number)
+    if len(set(out)) != len(out):
+        raise UsageError(f"{where}{key} lists a value twice")
+    return tuple(out)

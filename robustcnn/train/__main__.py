@@ -1,0 +1,56 @@
+"""python -m robustcnn.train: parse flags, call `train`, turn user errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from robustcnn.cli import run_main
+from robustcnn.config import add_arguments, given_arguments
+from robustcnn.errors import EXIT_INTERRUPTED, EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    from robustcnn.data import dataset_names
+    from robustcnn.models import model_names
+    from robustcnn.train.config import TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m robustcnn.train",
+        description=(
+            "Train a CNN, optionally adversarially. "
+            f"Datasets: {', '.join(dataset_names())} (imagefolder:PATH). Architectures: {', '.join(model_names())}."
+        ),
+        epilog="Example: python -m robustcnn.train --dataset mnist5k --adv --out runs/mnist-adv",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
+    add_arguments(p, TrainConfig)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from robustcnn.errors import UsageError
+    from robustcnn.train import TrainConfig, train
+
+    args = parser().parse_args(argv)
+    given = given_arguments(args, TrainConfig)
+    try:
+        run = train(resume=args.resume, **given)
+    except KeyboardInterrupt:
+        target = args.resume or given.get("out")
+        hint = f"; resume with: python -m robustcnn.train --resume {target}" if target else ""
+        print(f"robustcnn.train: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError:
+        raise
+    final = run.meta.get("final", {})
+    print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}")
+    return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(run_main(main, name="robustcnn.train"))
+
+
+if __name__ == "__main__":
+    entry()

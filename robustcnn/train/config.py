@@ -1,0 +1,117 @@
+"""`TrainConfig`: every training choice in one frozen object, with units. None means "from the dataset"."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+from robustcnn.config import BOOL, COUNT, FLOAT, INT, enum_parser, from_mapping, non_negative_float, option
+from robustcnn.data import DatasetInfo
+from robustcnn.errors import UsageError
+from robustcnn.threat import Norm, check_eps, parse_eps
+
+
+class AdvMethod(str, Enum):
+    PGD = "pgd"  # Madry et al. 2018: train on PGD examples
+    FGSM_RS = "fgsm-rs"  # Wong et al. 2020: one step from a random start, ~k times cheaper than PGD-k
+    TRADES = "trades"  # Zhang et al. 2019: clean CE + beta * KL(clean || adversarial)
+
+
+class Optimizer(str, Enum):
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class Schedule(str, Enum):
+    COSINE = "cosine"  # peak lr decaying to 0 over all steps
+    ONECYCLE = "onecycle"  # 0 -> peak at 40% of steps -> 0 (Wong et al.'s fast AT schedule)
+    CONSTANT = "constant"
+
+
+class Amp(str, Enum):
+    AUTO = "auto"  # bf16 autocast on CUDA GPUs that support it, off elsewhere
+    ON = "on"
+    OFF = "off"
+
+
+def _eps(value: object) -> float:
+    return parse_eps(value)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = option("mnist5k", "dataset name, or imagefolder:PATH")
+    arch: str = option("smallcnn", "model architecture")
+    out: str | None = option(None, "run directory to create (weights, run.json, metrics.csv)")
+    epochs: int | None = option(None, "passes over the training set; default: the dataset's recipe", INT)
+    batch_size: int | None = option(None, "examples per optimiser step; default: the dataset's recipe", INT)
+    optimizer: Optimizer | None = option(None, "sgd or adam; default: the dataset's recipe", enum_parser(Optimizer))
+    lr: float | None = option(None, "peak learning rate; default: the dataset's recipe", FLOAT)
+    momentum: float = option(0.9, "SGD momentum", non_negative_float)
+    weight_decay: float | None = option(None, "L2 penalty; default 5e-4 for sgd, 0 for adam", non_negative_float)
+    schedule: Schedule = option(Schedule.COSINE, "learning-rate schedule over steps", enum_parser(Schedule))
+    adv: bool = option(False, "train adversarially (PGD unless --adv-method says otherwise)", BOOL)
+    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, fgsm-rs or trades", enum_parser(AdvMethod))
+    eps: float | None = option(
+        None, "attack radius in [0,1] pixel units, e.g. 0.3 or 8/255; default: the dataset's", _eps
+    )
+    constraint: Norm | None = option(None, "attack norm: inf or 2; default: the dataset's", Norm.parse)
+    attack_steps: int | None = option(None, "attack iterations per batch; default 10 (pgd, trades), 1 (fgsm-rs)", INT)
+    attack_lr: float | None = option(
+        None, "attack step in pixel units; default 2.5*eps/steps, 1.25*eps for fgsm-rs", FLOAT
+    )
+    beta: float = option(6.0, "TRADES weight of the robustness term (Zhang et al. use 6)", FLOAT)
+    eps_warmup: int | None = option(None, "epochs over which eps ramps up from 0; default: the dataset's recipe", COUNT)
+    val_size: int = option(256, "training images held out for best-epoch choice and the overfitting guard", INT)
+    train_size: int | None = option(None, "train on only this many images (stratified; for quick runs)", INT)
+    seed: int = option(0, "seed for initialisation, shuffling and attack starts", COUNT)
+    device: str = option("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    amp: Amp = option(Amp.AUTO, "mixed precision: auto (bf16 on CUDA), on, off", enum_parser(Amp))
+    data_dir: str | None = option(None, "where downloadable datasets live; default ~/.cache/robustcnn/data")
+    download: bool = option(False, "download the dataset if its files are missing (needs internet)", BOOL)
+    overwrite: bool = option(False, "replace an existing run directory", BOOL)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "") -> TrainConfig:
+        return from_mapping(cls, data, where)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Run options: they change where and how fast a run goes, not what it computes, so resume may change them.
+RUN_OPTIONS = ("out", "device", "amp", "data_dir", "download", "overwrite")
+
+
+def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
+    """Fills every None from the dataset's recipe and threat model, then checks the combination."""
+    recipe = TrainConfig.from_dict(dict(info.train_defaults), where=f"dataset {info.name!r} recipe: ")
+    pick = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for name, value in pick.items():
+        if value is None:
+            pick[name] = getattr(recipe, name)
+    pick["optimizer"] = pick["optimizer"] or Optimizer.ADAM
+    pick["epochs"] = pick["epochs"] or 10
+    pick["batch_size"] = pick["batch_size"] or 128
+    pick["lr"] = pick["lr"] or 1e-3
+    pick["eps_warmup"] = pick["eps_warmup"] or 0
+    if pick["weight_decay"] is None:
+        pick["weight_decay"] = 5e-4 if pick["optimizer"] is Optimizer.SGD else 0.0
+    pick["constraint"] = pick["constraint"] or info.threat_model.norm
+    if pick["eps"] is None:
+        pick["eps"] = info.threat_model.eps if pick["constraint"] is info.threat_model.norm else None
+        if pick["eps"] is None:
+            raise UsageError(
+                f"--constraint {pick['constraint'].value} needs --eps: the dataset's default is for another norm"
+            )
+    check_eps(pick["eps"], pick["constraint"])
+    fgsm = pick["adv_method"] is AdvMethod.FGSM_RS
+    pick["attack_steps"] = pick["attack_steps"] or (1 if fgsm else 10)
+    if fgsm and pick["attack_steps"] != 1:
+        raise UsageError(f"--attack-steps {pick['attack_steps']} does not fit fgsm-rs, which takes exactly 1 step")
+    if pick["attack_lr"] is None:
+        pick["attack_lr"] = 1.25 * pick["eps"] if fgsm else 2.5 * pick["eps"] / pick["attack_steps"]
+    if pick["eps_warmup"] >= pick["epochs"] and pick["adv"]:
+        raise UsageError(f"--eps-warmup {pick['eps_warmup']} must be below --epochs {pick['epochs']}")
+    return TrainConfig(**pick)

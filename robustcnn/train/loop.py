@@ -1,0 +1,326 @@
+"""The training loop, readable top to bottom: `train()` prepares, `_fit()` runs epochs, `_epoch()` runs batches."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustcnn.config import to_dict
+from robustcnn.console import progress, say
+from robustcnn.data import Augment, DatasetInfo, ImageSet, dataset_info, load_dataset
+from robustcnn.data.base import stratified_split
+from robustcnn.devices import resolve_device
+from robustcnn.errors import RunFailed, UsageError
+from robustcnn.fileio import git_sha, library_versions, machine
+from robustcnn.models import ModelConfig, Normalized, create_model
+from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
+from robustcnn.train import checkpoint
+from robustcnn.train.checkpoint import Progress
+from robustcnn.train.config import RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
+from robustcnn.train.methods import build_method
+from robustcnn.train.schedule import learning_rate, warm_eps
+from robustcnn.train.validate import Validator
+
+CO_DROP = 0.2  # a fall of val PGD accuracy this far below the best epoch counts as catastrophic overfitting
+CHECK_EVERY = 10  # steps between finiteness checks of the loss (each check syncs with the device)
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **overrides: Any) -> Run:
+    """Trains a model and returns its `Run`. `train(dataset="mnist5k", adv=True, out="runs/x")`.
+
+    With `resume=DIR` it continues a saved run; only run options (device, amp, data_dir) may change.
+    """
+    if resume is not None:
+        run_dir, config = _resume_config(Path(resume), overrides)
+    else:
+        config = TrainConfig.from_dict(overrides) if config is None else config.replace(**overrides)
+    info = dataset_info(config.dataset, config.data_dir, config.download)
+    config = resolve(config, info)
+    model_config = ModelConfig.for_dataset(config.arch, info)
+    model = create_model(model_config)  # fails fast on an unknown arch or an image size it cannot take
+    device = resolve_device(config.device)
+    if resume is None:
+        run_dir = Path(config.out or _default_out(config))
+        checkpoint.prepare_fresh(run_dir, config.overwrite)
+    trainer = _Trainer(config, info, model_config, model, device, run_dir)
+    return trainer.run(resumed=resume is not None)
+
+
+def _default_out(config: TrainConfig) -> str:
+    method = config.adv_method.value if config.adv else "std"
+    dataset = config.dataset.split(":")[0]
+    return f"runs/{dataset}-{config.arch}-{method}"
+
+
+def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, TrainConfig]:
+    meta = load_run(run_dir).meta
+    changeable = [o for o in RUN_OPTIONS if o not in ("out", "overwrite")]
+    changed = sorted(set(overrides) - set(changeable))
+    if changed:
+        flags = ", ".join("--" + o.replace("_", "-") for o in changeable)
+        raise UsageError(
+            f"--{changed[0].replace('_', '-')} cannot change on --resume: a resumed run keeps its saved "
+            f"configuration (only {flags} may); start a new run with --out instead"
+        )
+    config = TrainConfig.from_dict(meta["config"], where=f"{run_dir}/run.json: ")
+    return run_dir, _apply(config, {k: v for k, v in overrides.items() if k in changeable})
+
+
+def _apply(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    parsed = TrainConfig.from_dict(changes)
+    return config.replace(**{k: getattr(parsed, k) for k in changes})
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds every generator an epoch touches (ART draws its random starts from numpy's global one)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def split_train_val(train: ImageSet, config: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    if config.val_size >= len(train):
+        raise UsageError(f"--val-size {config.val_size} leaves no training images (the train split has {len(train)})")
+    rest, val = stratified_split(train.y.numpy(), config.val_size, seed=config.seed)
+    if config.train_size is not None:
+        if config.train_size > len(rest):
+            raise UsageError(
+                f"--train-size {config.train_size} is larger than the {len(rest)} training images available"
+            )
+        if config.train_size < len(rest):
+            rest = rest[stratified_split(train.y[rest].numpy(), len(rest) - config.train_size, seed=config.seed)[0]]
+    return train.subset(rest), train.subset(val)
+
+
+def augment(x: torch.Tensor, kind: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Random 4-pixel crop (and flip) on a batch; x is (N, C, H, W)."""
+    if kind is Augment.NONE:
+        return x
+    n, _, height, width = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    rows, cols = torch.randint(0, 9, (2, n), generator=generator).tolist()
+    crops = [padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, cols, strict=True))]
+    x = torch.stack(crops)
+    if kind is Augment.CROP_FLIP:
+        flip = torch.rand(n, generator=generator) < 0.5
+        x[flip] = x[flip].flip(3)
+    return x
+
+
+@dataclass
+class _Trainer:
+    config: TrainConfig
+    info: DatasetInfo
+    model_config: ModelConfig
+    model: Normalized
+    device: torch.device
+    run_dir: Path
+
+    def run(self, resumed: bool) -> Run:
+        config = self.config
+        seed_everything(config.seed)
+        self.model = create_model(self.model_config)  # re-created after seeding: same init for the same seed
+        self._place_model()
+        train_set, val_set = split_train_val(
+            load_dataset(config.dataset, "train", config.data_dir, config.download), config
+        )
+        self.optimizer = self._optimizer()
+        progress_state = Progress()
+        if resumed and (self.run_dir / STATE_FILE).is_file():  # no state file: killed during the first epoch
+            progress_state = checkpoint.load_state(self.run_dir, self.model, self.optimizer)
+        if progress_state.epochs_done >= config.epochs:
+            say(f"{self.run_dir}: already trained for {config.epochs} epochs; nothing to do")
+            return load_run(self.run_dir)
+        self.method = build_method(self.model, config, self.info, self.device)
+        self.validator = Validator(self.model, val_set, config, self.device)
+        self.meta = self._meta(resumed)
+        self._write(progress_state, "running", "")
+        start = progress_state.epochs_done
+        say(
+            f"{'resuming' if resumed else 'training'} {config.arch} on {config.dataset} "
+            f"({self.meta['method']}, {len(train_set)} train / {len(val_set)} val images) on {self.device} "
+            f"from epoch {start + 1} of {config.epochs} -> {self.run_dir}"
+        )
+        try:
+            self._fit(train_set, progress_state)
+        except KeyboardInterrupt:
+            self._write(
+                progress_state,
+                "interrupted",
+                f"interrupted; resume with: python -m robustcnn.train --resume {self.run_dir}",
+            )
+            raise
+        except RunFailed as error:
+            self._write(progress_state, "failed", str(error))
+            raise
+        return self._final(progress_state)
+
+    def _place_model(self) -> None:
+        amp = self.config.amp
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        wants_amp = amp is Amp.ON or (amp is Amp.AUTO and self.device.type == "cuda")
+        if wants_amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            say("AMP off: this GPU has no bfloat16 support")
+            wants_amp = False
+        self.model.amp_dtype = torch.bfloat16 if wants_amp else None
+        self.model.to(self.device)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        config = self.config
+        if config.optimizer is Optimizer.SGD:
+            return torch.optim.SGD(
+                self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        return torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def _meta(self, resumed: bool) -> dict[str, Any]:
+        previous = load_run(self.run_dir).meta if resumed else {}
+        config = self.config
+        return {
+            "format": FORMAT,
+            "status": "running",
+            "message": "",
+            "created": previous.get("created", _now()),
+            "updated": _now(),
+            "method": config.adv_method.value if config.adv else "standard",
+            "threat_model": {"norm": config.constraint.value, "eps": config.eps},  # trained against / validated at
+            "dataset": self.info.to_dict(),
+            "model": self.model_config.to_dict(),
+            "config": to_dict(config),
+            "seed": config.seed,
+            "device": str(self.device),
+            "commands": previous.get("commands", []) + [" ".join(sys.argv)],
+            "versions": library_versions(),
+            "git_sha": git_sha(),
+            "machine": machine(),
+        }
+
+    def _fit(self, train_set: ImageSet, state: Progress) -> None:
+        config = self.config
+        steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        total_steps = config.epochs * steps_per_epoch
+        for epoch in range(state.epochs_done, config.epochs):
+            seed_everything(config.seed * 100_003 + epoch)  # per-epoch seeds make resume exact
+            started = time.perf_counter()
+            row = self._epoch(train_set, state, epoch, steps_per_epoch, total_steps)
+            row.update(self.validator())
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            self._end_epoch(state, row)
+            if state.stopped_early:
+                break
+
+    def _epoch(self, train_set: ImageSet, state: Progress, epoch: int, steps_per_epoch: int, total_steps: int) -> dict:
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        warmup_steps = config.eps_warmup * steps_per_epoch
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen, lr, eps = 0, config.lr, config.eps
+        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        for x, y in train_set.batches(config.batch_size, shuffle=True, generator=generator):
+            x = augment(x, self.info.augment, generator).to(self.device)
+            y = y.to(self.device)
+            lr = learning_rate(config.schedule, config.lr, state.step, total_steps)
+            eps = warm_eps(config.eps, state.step, warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, logits = self.method.loss(x, y, eps)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            state.step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if state.step % CHECK_EVERY == 0:
+                self._check_finite(loss_sum, epoch, lr)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+            bar.update()
+        bar.close()
+        self._check_finite(loss_sum, epoch, lr)
+        return {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "eps": eps if config.adv else 0.0,
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+        }
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
+        value = loss_sum.item()
+        if not math.isfinite(value):
+            raise RunFailed(
+                f"training stopped: the loss became {value} in epoch {epoch + 1} (lr {lr:.3g}); "
+                f"the last good checkpoint (epoch {epoch}) is kept in {self.run_dir}; lower --lr and train again"
+            )
+
+    def _end_epoch(self, state: Progress, row: dict[str, Any]) -> None:
+        """Saves in an order that is safe to kill at any point: best, then last, then resume state."""
+        epoch = row["epoch"]
+        score = row["val_pgd_acc"] if self.config.adv else row["val_acc"]
+        improved = score > state.best_score
+        if improved:
+            state.best_epoch, state.best_score = epoch, score
+            checkpoint.save_weights(self.run_dir, "best", self.model, epoch)
+        state.history.append(row)
+        state.epochs_done = epoch
+        self._guard_overfitting(state, row)
+        checkpoint.save_weights(self.run_dir, "last", self.model, epoch)
+        checkpoint.save_state(self.run_dir, self.model, self.optimizer, state)
+        checkpoint.write_metrics(self.run_dir, state.history)
+        self._write(state, "running", "")
+        say(
+            f"epoch {epoch}/{self.config.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.3f}  "
+            f"val_acc {row['val_acc']:.3f}  val_fgsm {row['val_fgsm_acc']:.3f}  val_pgd {row['val_pgd_acc']:.3f}  "
+            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s{'  *best' if improved else ''}"
+        )
+
+    def _guard_overfitting(self, state: Progress, row: dict[str, Any]) -> None:
+        """FGSM-RS can suddenly lose all PGD robustness (Wong et al. 2020); stop and keep the best epoch."""
+        if not (self.config.adv and self.config.adv_method is AdvMethod.FGSM_RS):
+            return
+        if row["val_pgd_acc"] < state.best_score - CO_DROP:
+            state.stopped_early = (
+                f"catastrophic overfitting at epoch {row['epoch']}: val PGD accuracy fell to {row['val_pgd_acc']:.3f} "
+                f"(best {state.best_score:.3f} at epoch {state.best_epoch}) while FGSM accuracy is "
+                f"{row['val_fgsm_acc']:.3f}; stopped, best.safetensors keeps epoch {state.best_epoch}"
+            )
+            say(state.stopped_early)
+
+    def _final(self, state: Progress) -> Run:
+        best = load_run(self.run_dir).model("best", self.device)
+        test = load_dataset(self.config.dataset, "test", self.config.data_dir, self.config.download)
+        with torch.no_grad():
+            correct = sum((best(x).argmax(1) == y).sum().item() for x, y in test.batches(512, device=self.device))
+        self.meta["final"] = {"best_epoch": state.best_epoch, "test_acc": correct / len(test), "test_n": len(test)}
+        status = "stopped-early" if state.stopped_early else "finished"
+        self._write(state, status, state.stopped_early or "")
+        say(f"done: best epoch {state.best_epoch}, clean test accuracy {correct / len(test):.4f} -> {self.run_dir}")
+        return load_run(self.run_dir)
+
+    def _write(self, state: Progress, status: str, message: str) -> None:
+        self.meta.update(
+            status=status,
+            message=message,
+            updated=_now(),
+            epochs_done=state.epochs_done,
+            best_epoch=state.best_epoch,
+            metrics=state.history,
+        )
+        checkpoint.write_run(self.run_dir, self.meta)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,114 @@
+"""Training methods: how one batch becomes a loss. Adversarial examples come from ART attacks, true labels.
+
+Add a method by subclassing `Method` and registering it; `--adv-method` names it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcnn.attacks.art import art_classifier, from_numpy, to_numpy
+from robustcnn.data import DatasetInfo
+from robustcnn.registry import Registry
+from robustcnn.train.config import TrainConfig
+
+METHODS: Registry[type[Method]] = Registry("training method")
+
+
+class Method:
+    """Standard training: cross-entropy on clean images."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device):
+        self.model = model
+        self.config = config
+        self.info = info
+        self.device = device
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, logits of the images trained on) with the model in train mode."""
+        self.model.train()
+        logits = self.model(x)
+        return F.cross_entropy(logits, y), logits
+
+
+METHODS.register("standard")(Method)
+
+
+def _pgd(classifier, config: TrainConfig, steps: int):
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    return ProjectedGradientDescentPyTorch(
+        classifier,
+        norm=config.constraint.art,
+        eps=config.eps,
+        eps_step=config.attack_lr,
+        max_iter=steps,
+        num_random_init=1,  # a random start in the ball: needed by FGSM-RS and TRADES, standard for PGD-AT
+        batch_size=config.batch_size,  # the whole training batch in one ART call
+        verbose=False,
+    )
+
+
+@METHODS.register("pgd")
+class PgdTraining(Method):
+    """Madry et al. (2018): minimise the loss on PGD examples, x_adv = PGD-k(x, y) inside the eps ball."""
+
+    def __init__(self, model, config, info, device):
+        super().__init__(model, config, info, device)
+        self.classifier = art_classifier(model, info.shape, info.num_classes, device, self.attack_loss())
+        self.attack = _pgd(self.classifier, config, config.attack_steps)
+
+    def attack_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def perturb(self, x: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+        """ART generates in eval mode (BatchNorm frozen), as in Madry's and Rice's reference code."""
+        if eps <= 0:
+            return x
+        step = self.config.attack_lr * eps / self.config.eps  # keeps steps/eps fixed while eps warms up
+        self.attack.set_params(eps=eps, eps_step=step)
+        return from_numpy(self.attack.generate(to_numpy(x), to_numpy(target)), self.device)
+
+    def loss(self, x, y, eps):
+        x_adv = self.perturb(x, y, eps)
+        return super().loss(x_adv, y, eps)
+
+
+@METHODS.register("fgsm-rs")
+class FgsmRsTraining(PgdTraining):
+    """Wong et al. (2020), "Fast is better than free": one step of 1.25 eps from a uniform random start.
+
+    Cheap (two passes per batch) but prone to catastrophic overfitting; the loop's guard watches for it.
+    """
+
+
+class _KlToClean(nn.Module):
+    """KL(p_clean || p_adv), the TRADES inner objective. ART passes p_clean as soft labels."""
+
+    def forward(self, logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+
+
+@METHODS.register("trades")
+class TradesTraining(PgdTraining):
+    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising that KL with PGD."""
+
+    def attack_loss(self) -> nn.Module:
+        return _KlToClean()
+
+    def loss(self, x, y, eps):
+        self.model.eval()
+        with torch.no_grad():
+            p_clean = F.softmax(self.model(x), dim=1)  # (N, classes): the soft labels ART attacks
+        x_adv = self.perturb(x, p_clean, eps)
+        self.model.train()
+        clean, adv = self.model(x), self.model(x_adv)  # two forwards, as in the reference implementation
+        robust = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
+        return F.cross_entropy(clean, y) + self.config.beta * robust, adv
+
+
+def build_method(model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device) -> Method:
+    name = config.adv_method.value if config.adv else "standard"
+    return METHODS.get(name)(model, config, info, device)

@@ -1,0 +1,41 @@
+"""Per-epoch robustness check on the held-out images: clean, FGSM and PGD-10 accuracy via ART."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustcnn.attacks.art import art_classifier, from_numpy, to_numpy
+from robustcnn.data import ImageSet
+from robustcnn.train.config import TrainConfig
+
+PGD_STEPS = 10  # enough to expose catastrophic overfitting, cheap on a few hundred images
+
+
+class Validator:
+    def __init__(self, model: nn.Module, val: ImageSet, config: TrainConfig, device: torch.device):
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
+
+        self.model, self.device = model, device
+        self.x, self.y = val.images(), val.y  # (n, C, H, W) in [0, 1], (n,)
+        classifier = art_classifier(model, val.info.shape, val.info.num_classes, device)
+        norm, eps, batch = config.constraint.art, config.eps, max(config.batch_size, 256)
+        self.fgsm = FastGradientMethod(classifier, norm=norm, eps=eps, eps_step=eps, batch_size=batch)
+        self.pgd = ProjectedGradientDescentPyTorch(
+            classifier, norm=norm, eps=eps, eps_step=2.5 * eps / PGD_STEPS, max_iter=PGD_STEPS,
+            num_random_init=1, batch_size=batch, verbose=False,
+        )  # fmt: skip
+
+    def accuracy(self, x: torch.Tensor) -> float:
+        self.model.eval()
+        with torch.no_grad():
+            predictions = self.model(x.to(self.device)).argmax(1).cpu()
+        return (predictions == self.y).float().mean().item()
+
+    def __call__(self) -> dict[str, float]:
+        x, y = to_numpy(self.x), self.y.numpy()
+        return {
+            "val_acc": self.accuracy(self.x),
+            "val_fgsm_acc": self.accuracy(from_numpy(self.fgsm.generate(x, y), "cpu")),
+            "val_pgd_acc": self.accuracy(from_numpy(self.pgd.generate(x, y), "cpu")),
+        }
