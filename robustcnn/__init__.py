@@ -4,6 +4,8 @@
     model = robustcnn.load_model("runs/mnist-adv")      # eval mode, pixels in [0, 1] -> logits
     run = robustcnn.load_run("runs/mnist-adv")          # run.meta: config, dataset, metrics, versions
     test = robustcnn.load_dataset("mnist5k", "test")
+    results = robustcnn.sweep(["runs/mnist-std", "runs/mnist-adv"], suite="quick", out="reports/mnist")
+    robustcnn.report("reports/mnist")                   # report.html, summary.md, checks.json
 
 Imports are lazy so that `python -m robustcnn.report` never pays for torch.
 """
@@ -16,10 +18,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": ("robustcnn.train", None),  # the package is callable: robustcnn.train(...)
+    "sweep": ("robustcnn.sweep", None),  # robustcnn.sweep(models, suite=...) -> DataFrame
+    "report": ("robustcnn.report", None),  # robustcnn.report(out_dir) -> path of report.html
     "load_model": ("robustcnn.runs", "load_model"),
     "load_run": ("robustcnn.runs", "load_run"),
     "load_dataset": ("robustcnn.data", "load_dataset"),
     "TrainConfig": ("robustcnn.train.config", "TrainConfig"),
+    "SweepConfig": ("robustcnn.sweep.config", "SweepConfig"),
 }
 
 __all__ = sorted(_LAZY)

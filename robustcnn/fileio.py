@@ -87,5 +87,13 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
+def command_line() -> str:
+    """The command as typed (`python -m robustcnn.sweep ...`), quoted so it can be pasted back."""
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in getattr(sys, "orig_argv", sys.argv))
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}

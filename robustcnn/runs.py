@@ -119,6 +119,13 @@ class Run:
     def weights_sha256(self, which: str = "best") -> str:
         return sha256_file(self.weights_path(which))
 
+    def weights_epoch(self, which: str = "best") -> int | None:
+        """The training epoch the weights file was saved after (from its metadata)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.weights_path(which)), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("robustcnn", "{}")).get("epoch")
+
     def model(self, which: str = "best", device: str | torch.device = "cpu") -> Normalized:
         tensors, _ = load_tensors(self.weights_path(which))
         model = create_model(self.model_config)

@@ -94,3 +94,24 @@ def run_cli(*args: str, timeout: int = 300, cwd: Path | None = None) -> subproce
 
 
 __all__ = ["gzip"]
+
+
+SMALL_RUN = {
+    "dataset": "mnist5k",
+    "train_size": 1024,
+    "val_size": 64,
+    "batch_size": 64,
+    "epochs": 4,
+    "eps_warmup": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """A standard and a PGD-trained smallcnn on 1024 mnist5k images (about 15 s together on 2 cores)."""
+    import robustcnn
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    standard = robustcnn.train(**SMALL_RUN, out=str(root / "std"))
+    adversarial = robustcnn.train(**SMALL_RUN, adv=True, out=str(root / "adv"))
+    return standard, adversarial

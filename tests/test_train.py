@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 from safetensors.torch import load_file
 
 import robustcnn
@@ -52,19 +53,19 @@ def test_standard_run_writes_a_complete_run_directory(tmp_path):
     assert accuracy > 0.6  # 384 images, 2 epochs: well above the 10% of chance
 
 
-SMALL = {**TINY, "train_size": 1024, "epochs": 4, "eps_warmup": 1}
+SMALL = SMALL_RUN
 
 
 @pytest.fixture(scope="module")
-def standard_pgd(tmp_path_factory):
+def standard_pgd(tiny_runs):
     """PGD-20 accuracy (eps 0.2) of a standard model trained like the adversarial ones below."""
-    standard = robustcnn.train(**SMALL, out=str(tmp_path_factory.mktemp("std") / "std"))
+    standard, _ = tiny_runs
     return pgd_accuracy(standard.model(), eps=0.2), standard
 
 
-def test_pgd_training_is_more_robust_than_standard(tmp_path, standard_pgd):
+def test_pgd_training_is_more_robust_than_standard(standard_pgd, tiny_runs):
     std_pgd, standard = standard_pgd
-    adversarial = robustcnn.train(**SMALL, adv=True, out=str(tmp_path / "adv"))
+    adversarial = tiny_runs[1]
     adv_pgd = pgd_accuracy(adversarial.model(), eps=0.2)
     assert adv_pgd > std_pgd + 0.3, (std_pgd, adv_pgd)
     assert adversarial.meta["metrics"][-1]["val_pgd_acc"] > standard.meta["metrics"][-1]["val_pgd_acc"]

@@ -22,10 +22,10 @@ class _Apgd(BoundedAttack):
     Params = ApgdParams
     loss_type = "cross_entropy"
 
-    def generate(self, x, y, eps):
+    def build(self, eps):
         from art.attacks.evasion import AutoProjectedGradientDescent
 
-        attack = AutoProjectedGradientDescent(
+        return AutoProjectedGradientDescent(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,
@@ -37,7 +37,6 @@ class _Apgd(BoundedAttack):
             loss_type=self.loss_type,
             verbose=False,
         )
-        return self.pin_device(attack).generate(x, y)
 
 
 @ATTACKS.register("apgd-ce")

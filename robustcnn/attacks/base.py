@@ -71,15 +71,31 @@ class Attack:
 
 
 class BoundedAttack(Attack):
-    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps."""
+    def build(self, eps: float) -> Any:
+        """The configured ART attack for one radius."""
         raise NotImplementedError
+
+    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps.
+
+        The ART object is built once per eps and reused for every batch.
+        """
+        cache = self.__dict__.setdefault("_built", {})
+        if eps not in cache:
+            cache.clear()
+            cache[eps] = self.pin_device(self.build(eps))
+        return cache[eps].generate(x, y)  # y: true labels, never ART's predicted-label default (label leaking)
 
 
 class MinimalAttack(Attack):
+    def build(self) -> Any:
+        raise NotImplementedError
+
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """x_adv as close to x as the attack can get while misclassified (x itself where it gives up)."""
-        raise NotImplementedError
+        if "_built" not in self.__dict__:
+            self._built = self.pin_device(self.build())
+        return self._built.generate(x, y)
 
 
 class PatchAttack(Attack):

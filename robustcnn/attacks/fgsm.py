@@ -11,10 +11,10 @@ from robustcnn.attacks.base import ATTACKS, BoundedAttack
 
 @ATTACKS.register("fgsm")
 class Fgsm(BoundedAttack):
-    def generate(self, x, y, eps):
+    def build(self, eps):
         from art.attacks.evasion import FastGradientMethod
 
-        attack = FastGradientMethod(
+        return FastGradientMethod(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,
@@ -24,4 +24,3 @@ class Fgsm(BoundedAttack):
             batch_size=self.target.batch_size,
             minimal=False,
         )
-        return attack.generate(x, y)  # y: true labels, never ART's predicted-label default (label leaking)

@@ -16,11 +16,13 @@ from robustcnn.threat import Norm
 
 @dataclass(frozen=True)
 class CwParams:
-    steps: int = option(50, "optimisation steps per binary-search step", INT)
-    binary_search_steps: int = option(5, "searches over the constant c", INT)
+    steps: int = option(10, "optimisation steps per binary-search step", INT)
+    binary_search_steps: int = option(3, "searches over the constant c", INT)
     learning_rate: float = option(0.01, "Adam step in pixel units", FLOAT)
     confidence: float = option(0.0, "required logit margin (kappa)", non_negative_float)
-    initial_const: float = option(0.01, "starting trade-off constant c", FLOAT)
+    # ART doubles c at most 5 times: from Carlini's 0.01 it never reaches a c that succeeds on MNIST
+    # (measured: 0% fooled); from 1.0 it fools >80% of a standard smallcnn's test images.
+    initial_const: float = option(1.0, "starting trade-off constant c", FLOAT)
 
 
 @ATTACKS.register("cw-l2")
@@ -30,11 +32,11 @@ class CarliniWagnerL2(MinimalAttack):
     norms = (Norm.L2,)
     Params = CwParams
 
-    def generate(self, x, y):
+    def build(self):
         from art.attacks.evasion import CarliniL2Method
 
         p = self.params
-        attack = CarliniL2Method(
+        return CarliniL2Method(
             self.target.classifier,
             confidence=p.confidence,
             targeted=False,
@@ -45,7 +47,6 @@ class CarliniWagnerL2(MinimalAttack):
             batch_size=self.target.batch_size,
             verbose=False,
         )
-        return attack.generate(x, y)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,11 @@ class DeepFool(MinimalAttack):
     norms = (Norm.L2,)
     Params = DeepFoolParams
 
-    def generate(self, x, y):
+    def build(self):
         from art.attacks.evasion import DeepFool as ArtDeepFool
 
         p = self.params
-        attack = ArtDeepFool(
+        return ArtDeepFool(
             self.target.classifier,
             max_iter=p.steps,
             epsilon=p.overshoot,
@@ -75,4 +76,3 @@ class DeepFool(MinimalAttack):
             batch_size=self.target.batch_size,
             verbose=False,
         )
-        return attack.generate(x, y)

@@ -24,11 +24,11 @@ class PgdParams:
 class Pgd(BoundedAttack):
     Params = PgdParams
 
-    def generate(self, x, y, eps):
+    def build(self, eps):
         from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
         p = self.params
-        attack = ProjectedGradientDescentPyTorch(
+        return ProjectedGradientDescentPyTorch(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,
@@ -38,4 +38,3 @@ class Pgd(BoundedAttack):
             batch_size=self.target.batch_size,
             verbose=False,
         )
-        return attack.generate(x, y)

@@ -24,11 +24,11 @@ class Square(BoundedAttack):
     box = "black"
     Params = SquareParams
 
-    def generate(self, x, y, eps):
+    def build(self, eps):
         from art.attacks.evasion import SquareAttack
 
         p = self.params
-        attack = SquareAttack(
+        return SquareAttack(
             self.target.classifier,
             norm=self.norm.art,
             max_iter=p.queries,
@@ -38,4 +38,3 @@ class Square(BoundedAttack):
             batch_size=self.target.batch_size,
             verbose=False,
         )
-        return attack.generate(x, y)

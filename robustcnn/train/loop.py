@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from robustcnn.data import Augment, DatasetInfo, ImageSet, dataset_info, load_da
 from robustcnn.data.base import stratified_split
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError
-from robustcnn.fileio import git_sha, library_versions, machine
+from robustcnn.fileio import command_line, git_sha, library_versions, machine
 from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
 from robustcnn.train import checkpoint
@@ -201,7 +200,7 @@ class _Trainer:
             "config": to_dict(config),
             "seed": config.seed,
             "device": str(self.device),
-            "commands": previous.get("commands", []) + [" ".join(sys.argv)],
+            "commands": previous.get("commands", []) + [command_line()],
             "versions": library_versions(),
             "git_sha": git_sha(),
             "machine": machine(),

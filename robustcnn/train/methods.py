@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcnn.attacks.art import art_classifier, from_numpy, to_numpy
+from robustcnn.attacks.art import art_classifier, from_numpy, frozen, to_numpy
 from robustcnn.data import DatasetInfo
 from robustcnn.registry import Registry
 from robustcnn.train.config import TrainConfig
@@ -69,7 +69,9 @@ class PgdTraining(Method):
             return x
         step = self.config.attack_lr * eps / self.config.eps  # keeps steps/eps fixed while eps warms up
         self.attack.set_params(eps=eps, eps_step=step)
-        return from_numpy(self.attack.generate(to_numpy(x), to_numpy(target)), self.device)
+        with frozen(self.model):
+            x_adv = self.attack.generate(to_numpy(x), to_numpy(target))
+        return from_numpy(x_adv, self.device)
 
     def loss(self, x, y, eps):
         x_adv = self.perturb(x, y, eps)

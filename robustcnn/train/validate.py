@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcnn.attacks.art import art_classifier, from_numpy, to_numpy
+from robustcnn.attacks.art import art_classifier, from_numpy, frozen, to_numpy
 from robustcnn.data import ImageSet
 from robustcnn.train.config import TrainConfig
 
@@ -34,8 +34,10 @@ class Validator:
 
     def __call__(self) -> dict[str, float]:
         x, y = to_numpy(self.x), self.y.numpy()
+        with frozen(self.model):
+            x_fgsm, x_pgd = self.fgsm.generate(x, y), self.pgd.generate(x, y)
         return {
             "val_acc": self.accuracy(self.x),
-            "val_fgsm_acc": self.accuracy(from_numpy(self.fgsm.generate(x, y), "cpu")),
-            "val_pgd_acc": self.accuracy(from_numpy(self.pgd.generate(x, y), "cpu")),
+            "val_fgsm_acc": self.accuracy(from_numpy(x_fgsm, "cpu")),
+            "val_pgd_acc": self.accuracy(from_numpy(x_pgd, "cpu")),
         }

@@ -1,0 +1,76 @@
+"""The report: one self-contained HTML page, a Markdown summary and the sanity checks of a sweep.
+
+    robustcnn.report("reports/mnist")          # -> reports/mnist/report.html (+ summary.md, checks.json)
+    python -m robustcnn.report reports/mnist
+
+Reads only results.csv, manifest.json, gallery/ and patches/ (see robustcnn.results): no torch, so it
+renders in about a second and re-runs on old results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from robustcnn.errors import UsageError
+from robustcnn.fileio import write_json, write_text
+from robustcnn.report.checks import Check, Status, run_checks
+from robustcnn.report.load import SweepData, load_sweep, model_entries, normalize_results
+from robustcnn.report.render import checks_json, render_html, render_markdown
+from robustcnn.report.tables import headline, text_table
+from robustcnn.results import CHECKS_FILE, REPORT_FILE, SUMMARY_FILE
+
+__all__ = ["Check", "Status", "Written", "report", "summary_table", "write_report"]
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path  # report.html
+    table: str  # the plain-text headline table
+    checks: list[Check]  # every sanity check, as in checks.json
+
+
+def report(out_dir: str | Path) -> Path:
+    """Writes report.html, summary.md and checks.json into the sweep directory; returns report.html's path.
+
+    Everything is read, checked and rendered before the first file is written, so bad input (a missing
+    results.csv, a broken manifest.json) raises UsageError and leaves earlier reports untouched.
+    """
+    return write_report(out_dir).path
+
+
+def write_report(out_dir: str | Path) -> Written:
+    """`report`, also returning the terminal table and the checks (what the CLI prints)."""
+    data = load_sweep(out_dir)
+    table = headline(data.results, data.models, data.manifest)
+    found = run_checks(data.results, data.models)
+    html = render_html(data, table, found)
+    markdown = render_markdown(data, table, found)
+    try:
+        write_text(data.out_dir / REPORT_FILE, html)
+        write_text(data.out_dir / SUMMARY_FILE, markdown)
+        write_json(data.out_dir / CHECKS_FILE, checks_json(found))
+    except OSError as error:
+        raise UsageError(f"cannot write the report into {data.out_dir}: {error.strerror or error}") from None
+    return Written(data.out_dir / REPORT_FILE, text_table(table), found)
+
+
+def summary_table(source: str | Path | pd.DataFrame, manifest: dict | None = None) -> str:
+    """A short plain-text headline table (accuracy in %) for the terminal.
+
+    `source` is a sweep directory or a results table (e.g. the sweep's rows so far); with a table, pass
+    the manifest to use its reference eps.
+    """
+    if isinstance(source, pd.DataFrame):
+        results = normalize_results(source, "results table")
+        data = SweepData(Path("."), results, manifest or {}, model_entries(manifest or {}, results))
+    else:
+        data = load_sweep(source)
+    return text_table(headline(data.results, data.models, data.manifest))
+
+
+from robustcnn.callable_module import make_callable  # noqa: E402 - after `report` exists
+
+make_callable(__name__, report)

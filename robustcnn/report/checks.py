@@ -1,0 +1,414 @@
+"""Sanity checks on a sweep's numbers (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; AutoAttack).
+
+Each check is a pure function of the results table (and, for training, the per-epoch log) that returns a
+`Check`: pass, warn, fail, or skip when the sweep has nothing to judge. A failing check explains a number,
+it never hides one. docs/checks.md says, per check, what it means and what to do.
+
+Comparisons are paired (every attack ran on the same examples), but the thresholds use the 95% Wilson
+intervals so that sampling noise alone never fails a check: "clearly above" means the higher value's
+interval lies entirely above the other value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from enum import Enum
+from itertools import permutations
+from typing import Any
+
+import pandas as pd
+
+from robustcnn.report.format import describe_point, format_eps, pct
+
+DOCS = "docs/checks.md"
+TINY = 1e-9  # float slack: a Wilson bound of 0% comes out as 1e-17, and must not count as above 0%
+NOISE = 0.005  # accuracy differences up to half a percentage point are noise (1 example in 200), never a warning
+STEPS_TOLERANCE = 0.01  # more steps or restarts may move accuracy by 1 point before the attack counts as unconverged
+LARGE_LINF_EPS = 0.5  # from Linf eps 0.5 every image can reach uniform grey: a working attack leaves ~0 accuracy
+NEAR_ZERO = 0.10  # "near zero": at most chance level for 10 classes
+LARGE_EPS_FAIL = 0.30  # above this at a very large eps the attack (or the evaluation) is broken, not just weak
+CO_DROP = 0.2  # val PGD accuracy this far below its best so far is a collapse (as robustcnn.train's guard)
+CO_GAP = 0.3  # ... while FGSM accuracy stays this far above PGD accuracy: catastrophic overfitting
+ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "bim")  # attack types that take several gradient steps
+STEPS_KEYS = ("steps", "max_iter", "n_iter", "nb_iter", "iterations")  # spellings of the step count in `params`
+RESTARTS_KEYS = ("restarts", "n_restarts", "num_random_init", "random_restarts")
+
+
+class Status(str, Enum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"  # not applicable to this sweep (e.g. no black-box attack in the suite)
+
+    @classmethod
+    def parse(cls, value: object) -> Status | None:
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            return None
+
+
+Row = Mapping[str, Any]  # one results row as a dict (iterating records is 50x faster than iterrows)
+SEVERITY = {Status.FAIL: 3, Status.WARN: 2, Status.PASS: 1, Status.SKIP: 0}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # the check's id, also its anchor in docs/checks.md
+    status: Status  # pass | warn | fail | skip
+    message: str  # one line naming the numbers behind the status
+    link: str  # where the check and what to do about it are explained
+    model: str | None = None  # the model it judged; None for the whole sweep
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+
+def _check(name: str, status: Status, message: str, model: str | None) -> Check:
+    return Check(name, status, message, f"{DOCS}#{name}", model)
+
+
+Results = pd.DataFrame | list[Row]  # a results table, or its records (what run_checks passes: faster)
+
+
+def _rows(results: Results, model: str) -> list[Row]:
+    if isinstance(results, pd.DataFrame):
+        return results[results["model"] == model].to_dict("records")
+    return [r for r in results if r["model"] == model]
+
+
+def _eps_rows(rows: list[Row]) -> list[Row]:
+    """Attack rows that have an eps (not patch), eps > 0: at eps 0 every attack is the clean model."""
+    return [r for r in rows if r["kind"] == "attack" and not r["is_patch"] and r["eps"] > 0]
+
+
+def _group(rows: list[Row], *keys: str) -> dict[Any, list[Row]]:
+    groups: dict[Any, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r[keys[0]] if len(keys) == 1 else tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+def _lowest(rows: list[Row], *keys: str) -> dict[Any, Row]:
+    """Per key, the row with the lowest accuracy (the strongest attack there)."""
+    return {key: min(group, key=lambda r: r["accuracy"]) for key, group in _group(rows, *keys).items()}
+
+
+def _compare(higher: Row, reference: float) -> Status:
+    """Is `higher` above `reference`? fail: its whole interval is; warn: by more than noise; else pass."""
+    if higher["ci_low"] > reference + TINY:
+        return Status.FAIL
+    if higher["accuracy"] > reference + NOISE:
+        return Status.WARN
+    return Status.PASS
+
+
+def _worst(findings: list[tuple[Status, float, str]]) -> tuple[Status, float, str]:
+    """The most severe finding, the largest difference first among equals."""
+    return max(findings, key=lambda f: (SEVERITY[f[0]], f[1]))
+
+
+def robust_le_clean(results: Results, model: str) -> Check:
+    """Robust accuracy can't exceed clean accuracy: the attack may leave an example as it is."""
+    name, rows = "robust-le-clean", _rows(results, model)
+    clean = [r for r in rows if r["kind"] == "clean"]
+    attacked = [r for r in rows if r["kind"] != "clean"]
+    if not clean or not attacked:
+        return _check(name, Status.SKIP, "no clean row or no attack rows for this model", model)
+    clean_acc = clean[-1]["accuracy"]
+    findings = [
+        (_compare(r, clean_acc), r["accuracy"] - clean_acc,
+         f"{describe_point(r)}: robust {pct(r, ci=True)} is above clean {pct(clean_acc)}")
+        for r in attacked
+    ]  # fmt: skip
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"all {len(attacked)} robust accuracies <= clean {pct(clean_acc)}", model)
+    above = sum(f[0] is not Status.PASS for f in findings)
+    return _check(name, status, f"{message} ({above} of {len(attacked)} rows above clean)", model)
+
+
+def monotone_in_eps(results: Results, model: str) -> Check:
+    """Accuracy must not rise with eps (or patch scale): a larger ball contains the smaller one."""
+    name = "monotone-eps"
+    curves = _group([r for r in _rows(results, model) if r["kind"] != "clean"], "attack")
+    findings, rising, total = [], 0, 0
+    for attack, curve in curves.items():
+        axis = "scale" if all(r["is_patch"] for r in curve) else "eps"
+        if len(curve) < 2:
+            continue
+        total += 1
+        found = _rises(attack, sorted(curve, key=lambda r: r[axis]), axis)
+        rising += any(f[0] is not Status.PASS for f in found)
+        findings += found
+    if total == 0:
+        return _check(name, Status.SKIP, "no attack with two or more eps values", model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"all {total} curves are non-increasing in eps (or patch scale)", model)
+    return _check(name, status, f"{message} ({rising} of {total} curves rise)", model)
+
+
+def _rises(attack: str, curve: list[Row], axis: str) -> list[tuple[Status, float, str]]:
+    """Each point against the lowest accuracy at any smaller eps (a running minimum)."""
+    findings, lowest = [], curve[0]
+    for r in curve[1:]:
+        message = (
+            f"{attack}: {pct(lowest)} at {axis} {format_eps(lowest[axis])} rises to {pct(r, ci=True)} "
+            f"at {axis} {format_eps(r[axis])}"
+        )
+        findings.append((_compare(r, lowest["accuracy"]), r["accuracy"] - lowest["accuracy"], message))
+        lowest = r if r["accuracy"] < lowest["accuracy"] else lowest
+    return findings
+
+
+def iterative_beats_single_step(results: Results, model: str) -> Check:
+    """PGD / APGD start where FGSM stops and take more steps: they must find at least as many examples."""
+    name, rows = "iterative-vs-single-step", _eps_rows(_rows(results, model))
+    fgsm = _lowest([r for r in rows if r["attack_type"] == "fgsm"], "norm", "eps")
+    iterative = [r for r in rows if r["attack_type"] in ITERATIVE]
+    if not fgsm or not iterative:
+        return _check(name, Status.SKIP, "the suite lacks FGSM or an iterative attack (PGD, APGD)", model)
+    findings = []
+    for r in iterative:
+        reference = fgsm.get((r["norm"], r["eps"]))
+        if reference is not None:
+            message = f"{r['attack']} {pct(r, ci=True)} is above FGSM {pct(reference)} at eps {format_eps(r['eps'])}"
+            findings.append((_compare(r, reference["accuracy"]), r["accuracy"] - reference["accuracy"], message))
+    if not findings:
+        return _check(name, Status.SKIP, "FGSM and the iterative attacks share no eps", model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"iterative attacks <= FGSM at all {len(findings)} shared (attack, eps)", model)
+    return _check(name, status, f"{message}: the iterative attack is weaker than one gradient step", model)
+
+
+def _param(params: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = params.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _budget(params_json: str) -> tuple[float | None, float]:
+    """(steps, restarts) from an attack's params JSON; restarts default to 1, unknown steps to None."""
+    try:
+        params = json.loads(params_json or "{}")
+    except json.JSONDecodeError:
+        params = {}
+    params = params if isinstance(params, dict) else {}
+    restarts = _param(params, RESTARTS_KEYS)
+    return _param(params, STEPS_KEYS), 1.0 if restarts is None else restarts
+
+
+def _stronger_pairs(rows: list[Row]) -> list[tuple[str, str]]:
+    """(weaker, stronger) attack names of one type and norm whose budgets differ only upwards."""
+    budgets = {r["attack"]: (r["attack_type"], r["norm"], _budget(r["params"])) for r in rows}
+    pairs = []
+    for weak, strong in permutations(budgets, 2):
+        (type_a, norm_a, budget_a), (type_b, norm_b, budget_b) = budgets[weak], budgets[strong]
+        if (type_a, norm_a) != (type_b, norm_b) or budget_a == budget_b:
+            continue
+        if all(a == b or (a is not None and b is not None and b >= a) for a, b in zip(budget_a, budget_b, strict=True)):
+            pairs.append((weak, strong))
+    return pairs
+
+
+def steps_restarts_converged(results: Results, model: str) -> Check:
+    """A converged attack gives about the same accuracy with more steps or restarts."""
+    name = "steps-restarts"
+    rows = [r for r in _eps_rows(_rows(results, model)) if r["box"] != "black"]
+    pairs = _stronger_pairs(rows)
+    if not pairs:
+        return _check(name, Status.SKIP, "the suite has no attack run twice with different steps or restarts", model)
+    at = {(r["attack"], r["eps"]): r for r in rows}
+    findings = [
+        _budget_finding(at[(weak, eps)], strong_row)
+        for weak, strong in pairs
+        for (attack, eps), strong_row in at.items()
+        if attack == strong and (weak, eps) in at
+    ]
+    if not findings:
+        return _check(name, Status.SKIP, "the attacks that differ in steps or restarts share no eps", model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"more steps/restarts change accuracy by <= {pct(STEPS_TOLERANCE)}", model)
+    return _check(name, status, message, model)
+
+
+def _budget_finding(weak: Row, strong: Row) -> tuple[Status, float, str]:
+    change = strong["accuracy"] - weak["accuracy"]
+    where = (
+        f"at eps {format_eps(weak['eps'])}: {weak['attack']} {pct(weak)} -> {strong['attack']} {pct(strong, ci=True)}"
+    )
+    if strong["ci_low"] > weak["accuracy"] + TINY:
+        return Status.FAIL, abs(change), f"{where}: more steps/restarts made the attack weaker (randomness or masking)"
+    if change < -STEPS_TOLERANCE:
+        return Status.WARN, abs(change), f"{where}: the weaker attack had not converged; report the stronger one"
+    if change > STEPS_TOLERANCE:
+        return Status.WARN, abs(change), f"{where}: more steps/restarts raised accuracy"
+    return Status.PASS, abs(change), where
+
+
+def black_box_not_stronger(results: Results, model: str) -> Check:
+    """A black-box attack sees less than a white-box one; if it finds more, gradients are likely masked."""
+    name, rows = "black-box-vs-white-box", _eps_rows(_rows(results, model))
+    black = [r for r in rows if r["box"] == "black"]
+    white = _lowest([r for r in rows if r["box"] == "white"], "norm", "eps")
+    if not black or not white:
+        return _check(name, Status.SKIP, "the suite lacks a black-box (e.g. Square) or a white-box attack", model)
+    findings = []
+    for r in black:
+        w = white.get((r["norm"], r["eps"]))
+        if w is None:
+            continue
+        status = Status.FAIL if r["ci_high"] < w["accuracy"] - TINY else Status.WARN
+        status = status if r["accuracy"] < w["accuracy"] - NOISE else Status.PASS
+        message = (
+            f"{r['attack']} {pct(r, ci=True)} is below the best white-box {w['attack']} {pct(w)} "
+            f"at eps {format_eps(r['eps'])}: gradient masking suspected"
+        )
+        findings.append((status, w["accuracy"] - r["accuracy"], message))
+    if not findings:
+        return _check(name, Status.SKIP, "black-box and white-box attacks share no eps", model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"black-box >= best white-box accuracy at all {len(findings)} shared eps", model)
+    return _check(name, status, message, model)
+
+
+def large_eps_near_zero(results: Results, model: str, image_size: int | None = None) -> Check:
+    """At a huge eps (Linf >= 0.5; L2 >= half the image's diagonal) a working attack leaves ~0% accuracy."""
+    name = "large-eps"
+    rows = [r for r in _rows(results, model) if r["kind"] != "clean" and not r["is_patch"]]
+    large = [r for r in rows if _very_large(r, image_size)]
+    if not large:
+        return _check(name, Status.SKIP, f"the eps grid has no very large eps (Linf >= {LARGE_LINF_EPS})", model)
+    largest = max(r["eps"] for r in large)
+    r = min((r for r in large if r["eps"] == largest), key=lambda r: r["accuracy"])
+    where = f"strongest attack {r['attack']} leaves {pct(r, ci=True)} at eps {format_eps(r['eps'])}"
+    if r["accuracy"] <= NEAR_ZERO:
+        return _check(name, Status.PASS, f"{where} (<= {pct(NEAR_ZERO)})", model)
+    status = Status.WARN if r["accuracy"] <= LARGE_EPS_FAIL else Status.FAIL
+    return _check(name, status, f"{where}; expected <= {pct(NEAR_ZERO)}: the attack is not working", model)
+
+
+def _very_large(row: Row, image_size: int | None) -> bool:
+    if row["norm"] == "inf":
+        return row["eps"] >= LARGE_LINF_EPS
+    return row["norm"] == "2" and image_size is not None and row["eps"] >= 0.5 * math.sqrt(image_size)
+
+
+def catastrophic_overfitting(metrics: Any, model: str, method: str = "", attacked_epoch: int | None = None) -> Check:
+    """FGSM training can collapse: val PGD accuracy falls to ~0 while val FGSM accuracy stays high."""
+    name = "catastrophic-overfitting"
+    frame = pd.DataFrame(metrics) if isinstance(metrics, list) and metrics else None
+    if frame is None or not {"epoch", "val_fgsm_acc", "val_pgd_acc"} <= set(frame.columns):
+        return _check(name, Status.SKIP, "no training log with val_fgsm_acc and val_pgd_acc for this model", model)
+    frame = frame.apply(pd.to_numeric, errors="coerce").dropna(subset=["epoch", "val_fgsm_acc", "val_pgd_acc"])
+    if method == "standard" or ("eps" in frame and not (frame["eps"] > 0).any()):
+        return _check(name, Status.SKIP, "not adversarially trained", model)
+    best = frame["val_pgd_acc"].cummax()
+    collapsed = (frame["val_pgd_acc"] <= best - CO_DROP) & (frame["val_fgsm_acc"] >= frame["val_pgd_acc"] + CO_GAP)
+    if not collapsed.any():
+        return _check(
+            name, Status.PASS, f"val PGD accuracy never fell {CO_DROP * 100:.0f} points below its best", model
+        )
+    first = frame[collapsed].iloc[0]
+    message = (
+        f"epoch {int(first['epoch'])}: val PGD accuracy fell to {pct(first['val_pgd_acc'])} "
+        f"(best before {pct(best[collapsed].iloc[0])}) while val FGSM accuracy is {pct(first['val_fgsm_acc'])}"
+    )
+    attacked = collapsed[frame["epoch"] == attacked_epoch]
+    if attacked.any():
+        return _check(
+            name, Status.FAIL, f"{message}; the attacked checkpoint (epoch {attacked_epoch}) is collapsed", model
+        )
+    return _check(name, Status.WARN, message, model)
+
+
+def from_manifest(entry: dict[str, Any], model: str) -> list[Check]:
+    """The `model_checks` the sweep computed from the model itself (logits, gradients, randomness)."""
+    checks = []
+    for item in entry.get("model_checks") or []:
+        if not isinstance(item, dict):
+            continue
+        status = Status.parse(item.get("status"))
+        message = str(item.get("message", ""))
+        if status is None:
+            status, message = Status.WARN, f"{message} (unknown status {item.get('status')!r})"
+        name = str(item.get("name", "model-check"))
+        checks.append(Check(name, status, message, str(item.get("link") or f"{DOCS}#{name}"), model))
+    return checks
+
+
+RESULT_CHECKS: dict[str, Callable[[Results, str], Check]] = {
+    "robust-le-clean": robust_le_clean,
+    "monotone-eps": monotone_in_eps,
+    "iterative-vs-single-step": iterative_beats_single_step,
+    "steps-restarts": steps_restarts_converged,
+    "black-box-vs-white-box": black_box_not_stronger,
+}  # the checks that need only the results table, by name
+TITLES = {
+    "robust-le-clean": "robust accuracy is at most clean accuracy",
+    "monotone-eps": "accuracy does not rise with eps",
+    "iterative-vs-single-step": "iterative attacks are at least as strong as FGSM",
+    "steps-restarts": "more steps or restarts change little",
+    "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
+    "large-eps": "accuracy is near zero at a very large eps",
+    "catastrophic-overfitting": "no catastrophic overfitting in training",
+}  # every check computed here, in the report's order, with its one-line claim
+NAMES = tuple(TITLES)
+
+
+def run_checks(results: pd.DataFrame, models: dict[str, dict[str, Any]]) -> list[Check]:
+    """Every check for every model (in results order), then the sweep's own model checks."""
+    records = results.to_dict("records")
+    checks = []
+    for model, entry in models.items():
+        for name, check in RESULT_CHECKS.items():
+            checks.append(_guarded(name, model, check, records, model))
+        checks.append(_guarded("large-eps", model, large_eps_near_zero, records, model, _image_size(entry)))
+        method, epoch = str(entry.get("method", "")), _attacked_epoch(entry)
+        log = entry.get("training_metrics")
+        checks.append(_guarded("catastrophic-overfitting", model, catastrophic_overfitting, log, model, method, epoch))
+        checks += from_manifest(entry, model)
+    return checks
+
+
+def _guarded(name: str, model: str, check: Callable[..., Check], *args: Any) -> Check:
+    """A check that trips over unexpected data says so instead of taking the whole report down."""
+    try:
+        return check(*args)
+    except Exception as error:  # reported as a warning, never swallowed silently
+        return _check(name, Status.WARN, f"check could not run: {type(error).__name__}: {error}", model)
+
+
+def _image_size(entry: dict[str, Any]) -> int | None:
+    dataset = entry.get("dataset")
+    shape = dataset.get("shape") if isinstance(dataset, dict) else entry.get("shape")
+    if isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape):
+        return math.prod(shape)
+    return None
+
+
+def _attacked_epoch(entry: dict[str, Any]) -> int | None:
+    """The epoch whose weights the sweep attacked, when the manifest tells: `epoch`, or weights "last".
+
+    With weights "best" (robust validation accuracy's best epoch) a collapsed epoch is never attacked.
+    """
+    if isinstance(entry.get("epoch"), int):
+        return entry["epoch"]
+    log = entry.get("training_metrics")
+    if entry.get("weights") == "last" and isinstance(log, list) and log and isinstance(log[-1], dict):
+        epoch = log[-1].get("epoch")
+        return epoch if isinstance(epoch, int) else None
+    return None
+
+
+def counts(checks: list[Check]) -> dict[str, int]:
+    return {status.value: sum(c.status is status for c in checks) for status in Status}

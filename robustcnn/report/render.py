@@ -1,0 +1,315 @@
+"""Turns a loaded sweep into the report's pieces: HTML (Jinja2, autoescaped), Markdown and checks JSON."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from markupsafe import Markup
+
+from robustcnn.report import images
+from robustcnn.report.checks import DOCS, SEVERITY, TITLES, Check, Status, counts
+from robustcnn.report.format import format_eps, markdown_escape, pct
+from robustcnn.report.load import SweepData, reference_eps
+from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, swatch
+from robustcnn.report.tables import Headline, markdown_table
+
+CHECKS_FORMAT = "robustcnn-checks/1"
+PROVENANCE = ("status", "message", "seed", "n", "mode", "device", "batch_size", "git_sha", "started", "finished",
+              "seconds")  # manifest keys shown as they are, when present  # fmt: skip
+PATCH_AXIS = "patch side / image side"
+TRAINING_PANELS = [
+    ("train_loss", None, "training loss", False),
+    ("val_acc", "train_acc", "clean accuracy (val; train dashed)", True),
+    ("val_fgsm_acc", None, "val FGSM accuracy", True),
+    ("val_pgd_acc", None, "val PGD accuracy", True),
+]  # (column, secondary column, title, is a fraction)
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("robustcnn.report", "templates"),
+        autoescape=True,  # every {{ value }} is escaped; only generated SVG is marked safe
+        undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not an empty string
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_html(data: SweepData, table: Headline, checks: list[Check]) -> str:
+    return environment().get_template("report.html.j2").render(**context(data, table, checks))
+
+
+def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, Any]:
+    styles = model_styles(data.model_ids)
+    return {
+        "suite": suite_name(data),
+        "datasets": sorted(set(data.results["dataset"]) - {""}),
+        "models": [(model, styles[model]) for model in data.model_ids],
+        "headline": table,
+        "checks": sorted(checks, key=lambda c: -SEVERITY[c.status]),  # problems first; stable within a status
+        "counts": counts(checks),
+        "titles": TITLES,
+        "docs": DOCS,
+        "curves": eps_figures(data, styles),
+        "worst": worst_figure(data, styles),
+        "patches": patch_sections(data, styles),
+        "galleries": galleries(data),
+        "training": training_figure(data, styles),
+        "repro": reproducibility(data),
+        "rows": result_rows(data.results),
+        "format_eps": format_eps,
+        "swatch": swatch,
+        "has_manifest": bool(data.manifest),
+    }
+
+
+def suite_name(data: SweepData) -> str:
+    suite = data.manifest.get("suite")
+    if isinstance(suite, dict) and suite.get("name"):
+        return str(suite["name"])
+    if isinstance(suite, str) and suite:
+        return suite
+    names = sorted(set(data.results["suite"]) - {""})
+    return ", ".join(names) if names else data.out_dir.name
+
+
+def _curve(model: str, rows: pd.DataFrame, axis: str, column: str = "accuracy", band: bool = True) -> Curve:
+    rows = rows.sort_values(axis)
+    low, high = (rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy()) if band else (None, None)
+    return Curve(model, rows[axis].to_numpy(), rows[column].to_numpy(), low, high)
+
+
+def _shared_reference(data: SweepData, norm: str) -> float | None:
+    """The reference eps, drawn as a line only when every model has the same one."""
+    values = {reference_eps(data.manifest, data.models[m], norm) for m in data.model_ids}
+    return values.pop() if len(values) == 1 else None
+
+
+def eps_figures(data: SweepData, styles: dict) -> list[dict[str, Any]]:
+    """One accuracy-vs-eps figure per attack, every model overlaid with its 95% band."""
+    rows = data.results[(data.results["kind"] == "attack") & ~data.results["is_patch"]]
+    figures = []
+    for i, (attack, group) in enumerate(rows.groupby("attack", sort=False)):
+        first = group.iloc[0]
+        curves = [_curve(m, g, "eps") for m, g in group.groupby("model", sort=False)]
+        norm = first["norm"]
+        panel = Panel(
+            curves, f"eps ({_norm_label(norm)}, pixels in [0, 1])", "accuracy", reference=_shared_reference(data, norm)
+        )
+        figures.append(
+            {
+                "attack": attack,
+                "attack_type": first["attack_type"],
+                "box": first["box"],
+                "norm": _norm_label(norm),
+                "params": first["params"],
+                "svg": figure_svg([panel], styles, f"eps{i}"),
+            }
+        )
+    return figures
+
+
+def _norm_label(norm: str) -> str:
+    return {"inf": "Linf", "2": "L2"}.get(norm, norm or "-")
+
+
+def worst_figure(data: SweepData, styles: dict) -> Markup | None:
+    rows = data.results[data.results["kind"] == "worst-case"]
+    if rows.empty:
+        return None
+    curves = [_curve(m, g, "eps") for m, g in rows.groupby("model", sort=False)]
+    norm = rows["norm"].iloc[0]
+    panel = Panel(curves, "eps (pixels in [0, 1])", "worst-case accuracy", reference=_shared_reference(data, norm))
+    return figure_svg([panel], styles, "worst")
+
+
+def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:
+    """Per patch attack: accuracy and target success against patch scale, and each model's patch."""
+    rows = data.results[(data.results["kind"] == "attack") & data.results["is_patch"]]
+    sections = []
+    for i, (attack, group) in enumerate(rows.groupby("attack", sort=False)):
+        by_model = list(group.groupby("model", sort=False))
+        accuracy = [_curve(m, g, "scale") for m, g in by_model]
+        success = [
+            _curve(m, g.dropna(subset=["target_success"]), "scale", "target_success", False) for m, g in by_model
+        ]
+        panels = [Panel(accuracy, PATCH_AXIS, "accuracy", "accuracy"), Panel(success, PATCH_AXIS, "", "target success")]
+        pictures = [(m, _patch_picture(data, m, attack)) for m, _ in by_model]
+        sections.append(
+            {
+                "attack": attack,
+                "params": group["params"].iloc[0],
+                "svg": figure_svg(panels, styles, f"patch{i}", columns=2),
+                "pictures": pictures,
+            }
+        )
+    return sections
+
+
+def _patch_picture(data: SweepData, model: str, attack: str) -> str | None:
+    if not (images.safe_name(model) and images.safe_name(attack)):
+        return None
+    return images.patch_uri(data.out_dir / "patches" / f"{model}__{attack}.png")
+
+
+def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
+    found = []
+    for model in data.model_ids:
+        names = data.models[model].get("class_names")
+        names = [str(n) for n in names] if isinstance(names, list) else []
+        if images.safe_name(model):
+            found.append((model, images.load_gallery(data.out_dir / "gallery" / f"{model}.npz", names)))
+        else:
+            found.append((model, "not in this sweep (the model id is not a file name)"))
+    return found
+
+
+def training_figure(data: SweepData, styles: dict) -> dict[str, Any] | None:
+    logs = {m: pd.DataFrame(e["training_metrics"]) for m, e in data.models.items() if _has_log(e)}
+    if not logs:
+        return None
+    panels = []
+    for column, secondary, title, fraction in TRAINING_PANELS:
+        curves = []
+        for model, log in logs.items():
+            if column in log and "epoch" in log:
+                curves.append(Curve(model, _num(log["epoch"]), _num(log[column])))
+            if secondary and secondary in log and "epoch" in log:
+                curves.append(Curve(model, _num(log["epoch"]), _num(log[secondary]), thin=True))
+        ylabel = "accuracy" if fraction else "loss"
+        panels.append(Panel(curves, "epoch", ylabel, title, percent=fraction, integer_x=True))
+    return {"svg": figure_svg(panels, styles, "training", columns=2), "models": list(logs), "tables": _schedule(logs)}
+
+
+def _has_log(entry: dict) -> bool:
+    log = entry.get("training_metrics")
+    return isinstance(log, list) and bool(log) and all(isinstance(r, dict) for r in log)
+
+
+def _num(column: pd.Series) -> np.ndarray:
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+
+
+def _schedule(logs: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+    """Per model: epochs, final lr and eps, total training time: the numbers a plot hides."""
+    rows = []
+    for model, log in logs.items():
+        last = log.iloc[-1]
+        rows.append(
+            {
+                "model": model,
+                "epochs": len(log),
+                "eps": format_eps(last.get("eps", float("nan"))),
+                "lr": f"{float(last['lr']):.2e}" if "lr" in log else "-",
+                "seconds": f"{_num(log['seconds']).sum():.0f}" if "seconds" in log else "-",
+            }
+        )
+    return rows
+
+
+def reproducibility(data: SweepData) -> dict[str, Any]:
+    manifest = data.manifest
+    command = manifest.get("command", "")
+    if isinstance(command, list):
+        command = shlex.join(str(part) for part in command)
+    fields = [(key, _plain(manifest[key])) for key in PROVENANCE if manifest.get(key) not in (None, "")]
+    suite = manifest.get("suite") if isinstance(manifest.get("suite"), dict) else {}
+    return {
+        "command": str(command),
+        "fields": fields,
+        "suite": [(k, _plain(v)) for k, v in suite.items() if k != "text" and v not in (None, "")],
+        "suite_text": str(suite.get("text", "")),
+        "config": _pairs(manifest.get("config")),
+        "versions": _pairs(manifest.get("versions")),
+        "machine": _pairs(manifest.get("machine")),
+        "timings": _pairs(manifest.get("timings")),
+        "models": [_model_row(data, m) for m in data.model_ids],
+        "seconds": _seconds(data.results),
+        "manifest": json.dumps(manifest, indent=2, default=str) if manifest else "",
+    }
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _pairs(value: Any) -> list[tuple[str, str]]:
+    return [(str(k), _plain(v)) for k, v in value.items()] if isinstance(value, dict) else []
+
+
+def _model_row(data: SweepData, model: str) -> dict[str, str]:
+    entry = data.models[model]
+    rows = data.results[data.results["model"] == model].iloc[0]
+    dataset = entry.get("dataset", rows["dataset"])
+    threat = entry.get("threat_model")
+    if isinstance(threat, dict):
+        threat = f"{_norm_label(str(threat.get('norm', '')))} eps {format_eps(threat.get('eps'))}"
+    return {
+        "model": model,
+        "path": _plain(entry.get("path", "")),
+        "sha256": _plain(entry.get("sha256") or rows["checkpoint_sha256"]),
+        "dataset": _plain(dataset.get("name", dataset) if isinstance(dataset, dict) else dataset),
+        "arch": _plain(entry.get("arch", rows["arch"])),
+        "method": _plain(entry.get("method", rows["train_method"])),
+        "threat": _plain(threat or "-"),
+    }
+
+
+def _seconds(results: pd.DataFrame) -> list[tuple[str, str]]:
+    times = results[results["kind"] == "attack"].groupby("attack", sort=False)["seconds"].sum(min_count=1)
+    return [(attack, f"{s:.1f}") for attack, s in times.items() if not np.isnan(s)]
+
+
+def result_rows(results: pd.DataFrame) -> list[dict[str, str]]:
+    """Every number of results.csv, for the table at the end: a failing check never hides one."""
+    rows = []
+    for r in results.to_dict("records"):
+        rows.append(
+            {
+                "model": r["model"],
+                "attack": r["attack"],
+                "norm": _norm_label(r["norm"]) if r["kind"] == "attack" and not r["is_patch"] else "",
+                "at": f"scale {format_eps(r['scale'])}" if r["is_patch"] else format_eps(r["eps"]),
+                "n": "-" if np.isnan(r["n"]) else f"{r['n']:.0f}",
+                "accuracy": pct(r),
+                "interval": f"[{r['ci_low'] * 100:.1f}, {r['ci_high'] * 100:.1f}]",
+                "target": pct(r["target_success"]),
+                "seconds": "-" if np.isnan(r["seconds"]) else f"{r['seconds']:.1f}",
+            }
+        )
+    return rows
+
+
+def checks_json(checks: list[Check]) -> dict[str, Any]:
+    return {"format": CHECKS_FORMAT, "counts": counts(checks), "checks": [c.to_dict() for c in checks]}
+
+
+def render_markdown(data: SweepData, table: Headline, checks: list[Check]) -> str:
+    """summary.md: the headline table and the checks that did not pass, ready to paste into a PR."""
+    tally = counts(checks)
+    lines = [
+        f"## Robustness: {markdown_escape(suite_name(data))}",
+        "",
+        "Accuracy with 95% Wilson intervals at each attack's reference eps (pixels in [0, 1]); "
+        "**bold** = the strongest attack; worst-case = an example counts only if it survives every attack.",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    if table.guessed:
+        lines += ["\\* no reference eps for this norm in the manifest: the middle of the eps grid.", ""]
+    lines.append(", ".join(f"{tally[s.value]} {s.value}" for s in Status) + f" ({DOCS})")
+    lines.append("")
+    for check in checks:
+        if check.status in (Status.FAIL, Status.WARN):
+            model = f" ({markdown_escape(check.model)})" if check.model else ""
+            name, message = markdown_escape(check.name), markdown_escape(check.message)
+            lines.append(f"- **{check.status.value.upper()}** {name}{model}: {message}")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,166 @@
+"""The headline table: per model, clean accuracy and robust accuracy at the reference eps of each attack.
+
+The reference eps is the suite's `reference_eps` (one number, or one per norm), else the model's threat
+model eps from the manifest; each attack reports the grid eps closest to it. Without either, the middle
+of the attack's eps grid is used, and the table says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from robustcnn.report.format import format_eps, markdown_escape, pct
+from robustcnn.report.load import reference_eps
+
+WORST = "worst-case"
+
+
+@dataclass(frozen=True)
+class Cell:
+    accuracy: float  # fraction in [0, 1]
+    ci_low: float  # Wilson 95% interval
+    ci_high: float
+    eps: float | None  # the grid eps this number was taken at; None for clean
+    guessed: bool = False  # no reference eps known: the middle of the grid was used
+    strongest: bool = False  # the lowest robust accuracy in its row (worst case excluded)
+
+    @property
+    def text(self) -> str:
+        return pct(self.accuracy)
+
+    @property
+    def interval(self) -> str:
+        return f"[{self.ci_low * 100:.1f}, {self.ci_high * 100:.1f}]"
+
+
+@dataclass(frozen=True)
+class Column:
+    attack: str  # attack name in the suite, "clean" or "worst-case"
+    eps: float | None  # the eps every model was read at, None when it differs between models
+
+    @property
+    def label(self) -> str:
+        return self.attack if self.eps is None else f"{self.attack} (eps {format_eps(self.eps)})"
+
+
+@dataclass(frozen=True)
+class Headline:
+    columns: list[Column]  # clean, every eps attack in suite order, worst-case
+    rows: list[tuple[str, list[Cell | None]]]  # (model, one cell per column; None when not in the sweep)
+    guessed: bool  # some reference eps were guessed (no reference_eps and no threat model)
+
+
+HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accuracy", "ci_low", "ci_high"]
+
+
+def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> Headline:
+    results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
+    attacked = results[(results["kind"] != "clean") & ~results["is_patch"]]
+    names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == "attack", "attack"]).tolist()]
+    if (attacked["kind"] == WORST).any():
+        names.append(WORST)
+    clean = dict(tuple(results[results["kind"] == "clean"].groupby("model", sort=False)))
+    curves = dict(tuple(attacked.groupby(["model", "attack"], sort=False)))
+    rows = []
+    for model in pd.unique(results["model"]):
+        entry = models.get(model, {})
+        cells = [
+            _clean_cell(clean.get(model))
+            if name == "clean"
+            else _attack_cell(curves.get((model, name)), entry, manifest)
+            for name in names
+        ]
+        rows.append((model, _mark_strongest(cells, names)))
+    columns = [_column(name, [cells[i] for _, cells in rows]) for i, name in enumerate(names)]
+    guessed = any(cell is not None and cell.guessed for _, cells in rows for cell in cells)
+    return Headline(columns, rows, guessed)
+
+
+def _clean_cell(rows: pd.DataFrame | None) -> Cell | None:
+    return None if rows is None else _from_row(rows.iloc[-1], None)
+
+
+def _attack_cell(rows: pd.DataFrame | None, entry: dict, manifest: dict) -> Cell | None:
+    """The row at the grid eps closest to the reference eps (a tie goes to the larger, harder eps)."""
+    if rows is None:
+        return None
+    target = reference_eps(manifest, entry, rows["norm"].iloc[0])
+    grid = sorted(rows["eps"].unique())
+    guessed = target is None
+    if guessed:
+        target = grid[(len(grid) - 1) // 2]
+    eps = min(grid, key=lambda e: (abs(e - target), -e))
+    return _from_row(rows[rows["eps"] == eps].iloc[-1], eps, guessed)
+
+
+def _from_row(row: pd.Series, eps: float | None, guessed: bool = False) -> Cell:
+    return Cell(float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]), eps, guessed)
+
+
+def _mark_strongest(cells: list[Cell | None], names: list[str]) -> list[Cell | None]:
+    robust = [i for i, c in enumerate(cells) if c is not None and names[i] not in ("clean", WORST)]
+    if len(robust) < 2:
+        return cells
+    lowest = min(cells[i].accuracy for i in robust)
+    return [replace(c, strongest=True) if i in robust and c.accuracy == lowest else c for i, c in enumerate(cells)]
+
+
+def _column(name: str, cells: list[Cell | None]) -> Column:
+    eps = {c.eps for c in cells if c is not None}
+    return Column(name, eps.pop() if len(eps) == 1 else None)
+
+
+def text_table(table: Headline) -> str:
+    """Plain text for the terminal: accuracy in %, one row per model, eps in the header."""
+    header = ["model", *[_short_label(c) for c in table.columns]]
+    body = [
+        [model, *[_text_cell(c, col) for c, col in zip(cells, table.columns, strict=True)]]
+        for model, cells in table.rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+        for r in [header, *body]
+    ]
+    note = "accuracy in %, at each attack's reference eps; worst-case = every attack at once"
+    if table.guessed:
+        note += "; * no reference eps for this norm in the manifest: middle of the eps grid"
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], note])
+
+
+def _short_label(column: Column) -> str:
+    return (
+        column.attack if column.eps is None or column.attack == "clean" else f"{column.attack}@{format_eps(column.eps)}"
+    )
+
+
+def _text_cell(cell: Cell | None, column: Column) -> str:
+    if cell is None:
+        return "-"
+    text = f"{cell.accuracy * 100:.1f}"
+    if column.eps is None and cell.eps is not None:
+        text += f"@{format_eps(cell.eps)}"
+    return text + ("*" if cell.guessed else "")
+
+
+def markdown_table(table: Headline) -> str:
+    """Markdown with 95% intervals, user text escaped so a name can't break the table."""
+    header = ["model", *[markdown_escape(c.label) for c in table.columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for model, cells in table.rows:
+        values = [_markdown_cell(c, col) for c, col in zip(cells, table.columns, strict=True)]
+        lines.append("| " + " | ".join([markdown_escape(model), *values]) + " |")
+    return "\n".join(lines)
+
+
+def _markdown_cell(cell: Cell | None, column: Column) -> str:
+    if cell is None:
+        return "-"
+    text = f"{cell.text} {cell.interval}"
+    if column.eps is None and cell.eps is not None:
+        text += f" at eps {format_eps(cell.eps)}"
+    text = f"**{text}**" if cell.strongest else text
+    return text.replace("[", "\\[").replace("]", "\\]") + ("\\*" if cell.guessed else "")

@@ -1,0 +1,87 @@
+"""`sweep()`: attack trained models over a suite and return the tidy results as a DataFrame."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustcnn.console import say
+from robustcnn.devices import resolve_device
+from robustcnn.errors import RunFailed, UsageError
+from robustcnn.results import REPORT_FILE
+from robustcnn.sweep.config import SweepConfig
+from robustcnn.sweep.gate import check_gates_cover, failed_gates, parse_gate
+from robustcnn.sweep.runner import Sweep, plan_grids
+from robustcnn.sweep.subjects import load_subjects
+from robustcnn.sweep.suite import load_suite
+
+
+class GateFailed(RunFailed):
+    """A --fail-under gate was not met (exit code 1)."""
+
+
+def prepare_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {str(out)!r}: {error.strerror or error}") from None
+    return out
+
+
+def sweep(models: list[Any], config: SweepConfig | None = None, **overrides: Any) -> pd.DataFrame:
+    """Attacks each model (run directories or `Run`s) with every attack of the suite at every eps.
+
+    `robustcnn.sweep(["runs/mnist-adv"], suite="standard", n=1000, out="reports/mnist")`. Without `out`
+    the results go to a temporary folder and no report is written. Raises `GateFailed` when a
+    `fail_under` gate is not met (after everything is written).
+    """
+    if config is None:
+        temporary = "out" not in overrides
+        if temporary:
+            overrides = {**overrides, "out": tempfile.mkdtemp(prefix="robustcnn-sweep-"), "report": False}
+        config = SweepConfig.from_dict(overrides)
+    elif overrides:
+        parsed = SweepConfig.from_dict(overrides)
+        config = config.replace(**{k: getattr(parsed, k) for k in overrides})
+    suite = load_suite(config.suite)
+    gates = [parse_gate(text) for text in config.fail_under]
+    out = prepare_out(Path(config.out))
+    device = resolve_device(config.device)
+    subjects = load_subjects(list(models), config, suite.n, device)
+    grids = plan_grids(subjects, suite)
+    check_gates_cover(gates, _gate_targets(grids))
+    runner = Sweep(config, suite, subjects, out, grids)
+    runner.write_manifest_start()
+    say(f"sweeping {len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}) on {device} -> {out}")
+    results = runner.run()
+    if config.report:
+        _write_report(out)
+    failures = failed_gates(results, gates)
+    if failures:
+        raise GateFailed("gate not met: " + "; ".join(failures))
+    return results
+
+
+def _gate_targets(grids: dict[str, dict[str, tuple[float, ...]]]) -> dict[str, dict[str, list[float]]]:
+    targets = {}
+    for model, by_attack in grids.items():
+        every_eps = sorted({e for grid in by_attack.values() for e in grid})
+        targets[model] = {"clean": [0.0], "worst-case": every_eps, **{k: list(v) for k, v in by_attack.items()}}
+    return targets
+
+
+def _write_report(out: Path) -> None:
+    try:
+        from robustcnn.report import report
+    except ImportError:  # the report package is optional for the sweep to work
+        return
+    path = report(out)
+    say(f"report: {path if path else out / REPORT_FILE}")

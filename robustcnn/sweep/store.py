@@ -1,0 +1,69 @@
+"""Finished cells on disk: one compressed .npz per cell, written atomically, named by its cache key.
+
+A cell holds its result rows (JSON) and per-example flags (packed bits): which examples were still
+classified correctly. results.csv is rebuilt from the cells, so a kill at any moment loses at most the
+cell in flight and can never duplicate or tear a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustcnn.fileio import atomic_path
+
+CELLS = "cells"
+
+
+def cell_key(identity: dict[str, Any]) -> str:
+    """Hash of everything a cell's result depends on (model hash, attack, eps, data subset, seed, mode)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class Cell:
+    rows: list[dict[str, Any]]  # result rows, COLUMNS of robustcnn.results
+    flags: np.ndarray  # (len(rows), n) bool: example still correct under this row's attack
+    extra: dict[str, np.ndarray]  # e.g. the patch image
+
+
+class CellStore:
+    def __init__(self, out: Path):
+        self.folder = Path(out) / CELLS
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npz"
+
+    def load(self, key: str) -> Cell | None:
+        """The finished cell, or None if absent or unreadable (then it is simply recomputed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:  # never unpickle
+                rows = json.loads(str(data["rows"]))
+                n = int(data["n"])
+                flags = np.unpackbits(data["flags"], axis=1, count=n).astype(bool)
+                extra = {k[6:]: data[k] for k in data.files if k.startswith("extra_")}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None
+        return Cell(rows, flags, extra)
+
+    def save(self, key: str, cell: Cell) -> None:
+        flags = np.atleast_2d(cell.flags).astype(bool)
+        arrays = {f"extra_{k}": v for k, v in cell.extra.items()}
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                rows=np.array(json.dumps(cell.rows)),
+                n=np.array(flags.shape[1]),
+                flags=np.packbits(flags, axis=1),
+                **arrays,
+            )

@@ -1,0 +1,97 @@
+"""Every registered attack runs through ART on a tiny model and respects its threat model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import robustcnn
+from robustcnn.attacks import ATTACKS, MinimalAttack, PatchAttack, Target, attack_names
+from robustcnn.attacks.art import art_classifier
+from robustcnn.threat import Norm
+
+FAST_PARAMS = {
+    "pgd": {"steps": 5},
+    "apgd-ce": {"steps": 5},
+    "apgd-dlr": {"steps": 5},
+    "square": {"queries": 30},
+    "deepfool": {"steps": 10},
+    "patch": {"iterations": 3, "train_images": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def setting(tiny_runs):
+    standard, _ = tiny_runs
+    model = standard.model().requires_grad_(False)
+    test = robustcnn.load_dataset("mnist5k", "test").subset(range(24))
+    classifier = art_classifier(model, (1, 28, 28), 10, torch.device("cpu"))
+    target = Target(classifier, model, torch.device("cpu"), 16, 10)
+    return model, target, test.images().numpy(), test.y.numpy()
+
+
+def build(name: str, norm: Norm | None, target: Target):
+    cls = ATTACKS.get(name)
+    params = cls.parse_params(FAST_PARAMS.get(name, {}), "")
+    return cls(name, norm, params, target)
+
+
+def predict(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def test_registry_has_the_documented_attacks():
+    assert attack_names() == ["apgd-ce", "apgd-dlr", "cw-l2", "deepfool", "fgsm", "patch", "pgd", "square"]
+
+
+BOUNDED = [(name, norm) for name in ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square") for norm in (Norm.LINF, Norm.L2)]
+
+
+@pytest.mark.parametrize(("name", "norm"), BOUNDED, ids=[f"{n}-{m.label}" for n, m in BOUNDED])
+def test_bounded_attacks_stay_in_the_ball_and_the_pixel_range(setting, name, norm):
+    model, target, x, y = setting
+    eps = 0.2 if norm is Norm.LINF else 1.5
+    x_adv = build(name, norm, target).generate(x, y, eps)
+    assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = (x_adv - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if norm is Norm.LINF else np.linalg.norm(delta, axis=1)
+    assert (size <= eps * (1 + 1e-4) + 1e-6).all()
+    fooled = (predict(model, x_adv) != y).mean()
+    assert fooled > (predict(model, x) != y).mean(), f"{name} fooled no extra example of a standard model"
+
+
+@pytest.mark.parametrize("name", ["cw-l2", "deepfool"])
+def test_minimal_attacks_find_small_l2_perturbations(setting, name):
+    model, target, x, y = setting
+    attack = build(name, Norm.L2, target)
+    assert isinstance(attack, MinimalAttack)
+    x_adv = attack.generate(x, y)
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    fooled = predict(model, x_adv) != y
+    assert fooled.mean() > 0.3
+    distances = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)[fooled]
+    assert np.median(distances) < 5  # MNIST L2 norms are ~9: a real attack needs far less
+
+
+def test_patch_is_trained_then_applied_at_a_scale(setting):
+    model, target, x, y = setting
+    attack = build("patch", None, target)
+    assert isinstance(attack, PatchAttack)
+    patch = attack.train_patch(x[:16], y[:16], (0.2, 0.4))
+    assert patch.shape == (1, 28, 28) and patch.min() >= 0 and patch.max() <= 1
+    patched = attack.apply(x, 0.4, patch, (0.2, 0.4))
+    assert patched.shape == x.shape
+    changed = (np.abs(patched - x).reshape(len(x), -1) > 1e-6).mean(1)
+    assert (changed > 0.02).all() and (changed < 0.5).all()  # a patch covers part of each image, not all
+
+
+def test_attacks_use_the_true_labels_not_the_predictions(setting):
+    """ART attacks predicted labels when y is missing (label leaking); ours always pass y."""
+    model, target, x, y = setting
+    wrong = (y + 1) % 10
+    attack = build("fgsm", Norm.LINF, target)
+    with_true, with_wrong = attack.generate(x, y, 0.1), attack.generate(x, wrong, 0.1)
+    assert not np.allclose(with_true, with_wrong)

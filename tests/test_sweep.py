@@ -1,0 +1,257 @@
+"""The sweep end to end on tiny trained models: properties of the numbers, nesting, resume, gates, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import robustcnn
+from robustcnn.cli import run_main
+from robustcnn.results import COLUMNS, wilson_interval
+from robustcnn.sweep import __main__ as sweep_cli
+from robustcnn.sweep import runner
+
+PGD_SUITE = """
+description = "test suite"
+[[attack]]
+name = "fgsm"
+type = "fgsm"
+norm = "inf"
+eps = [0.05, 0.1, 0.2, 0.3]
+[[attack]]
+name = "pgd-linf"
+type = "pgd"
+norm = "inf"
+eps = [0.05, 0.1, 0.2, 0.3]
+steps = 10
+"""
+
+DETERMINISTIC_SUITE = PGD_SUITE + "random_start = false\n"
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    def write(text: str = PGD_SUITE, name: str = "suite.toml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def naive_results(tiny_runs, tmp_path_factory):
+    """Both tiny models, every example attacked at every eps (so monotonicity is a real property)."""
+    out = tmp_path_factory.mktemp("sweep") / "naive"
+    suite = tmp_path_factory.mktemp("suite") / "pgd.toml"
+    suite.write_text(PGD_SUITE)
+    runs = [r.path for r in tiny_runs]
+    return robustcnn.sweep(runs, suite=str(suite), n=200, out=str(out), naive=True, report=False), out
+
+
+def accuracy(results, model, attack, eps):
+    rows = results[(results.model == model) & (results.attack == attack)]
+    return rows[np.isclose(rows.eps.astype(float), eps)].accuracy.item()
+
+
+def test_results_are_tidy_with_intervals_and_a_worst_case(naive_results):
+    results, out = naive_results
+    assert list(results.columns) == COLUMNS
+    assert set(results.kind) == {"clean", "attack", "worst-case"}
+    assert len(results) == 2 * (1 + 4 + 4 + 4)
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == len(results) and not csv.duplicated(["model", "attack", "eps"]).any()
+    for _, row in results.iterrows():
+        assert (row.ci_low, row.ci_high) == pytest.approx(wilson_interval(row.n_correct, row.n))
+        assert row.ci_low <= row.accuracy <= row.ci_high and row.n == 200
+    assert (results.checkpoint_sha256.str.len() == 64).all()
+
+
+def test_adversarial_model_is_far_more_robust(naive_results):
+    results, _ = naive_results
+    assert accuracy(results, "adv", "pgd-linf", 0.2) > accuracy(results, "std", "pgd-linf", 0.2) + 0.3
+
+
+def test_accuracy_never_rises_with_eps(naive_results):
+    results, _ = naive_results
+    for (model, attack), rows in results[results.kind != "clean"].groupby(["model", "attack"]):
+        values = rows.sort_values("eps")
+        slack = (values.ci_high - values.ci_low).max() / 2  # naive mode: each eps is an independent run
+        clean = results[(results.model == model) & (results.kind == "clean")].accuracy.item()
+        assert values.accuracy.iloc[0] <= clean
+        assert (np.diff(values.accuracy.to_numpy()) <= slack).all(), (model, attack)
+
+
+def test_fgsm_is_never_much_stronger_than_pgd(naive_results):
+    results, _ = naive_results
+    for model in ("std", "adv"):
+        for eps in (0.05, 0.1, 0.2, 0.3):
+            fgsm = results[(results.model == model) & (results.attack == "fgsm") & np.isclose(results.eps, eps)]
+            pgd_acc = accuracy(results, model, "pgd-linf", eps)
+            assert fgsm.accuracy.item() >= pgd_acc - (fgsm.ci_high.item() - fgsm.ci_low.item()), (model, eps)
+
+
+def test_worst_case_is_the_and_of_all_attacks(naive_results):
+    results, _ = naive_results
+    for model in ("std", "adv"):
+        for eps in (0.1, 0.3):
+            worst = accuracy(results, model, "worst-case", eps)
+            assert worst <= min(accuracy(results, model, a, eps) for a in ("fgsm", "pgd-linf"))
+
+
+def test_nested_reuse_gives_the_same_accuracies_as_naive(tiny_runs, tmp_path, suite_file):
+    suite = suite_file(DETERMINISTIC_SUITE)
+    runs = [tiny_runs[1].path]
+    nested = robustcnn.sweep(runs, suite=suite, n=120, out=str(tmp_path / "nested"), report=False)
+    naive = robustcnn.sweep(runs, suite=suite, n=120, out=str(tmp_path / "naive"), naive=True, report=False)
+    pd.testing.assert_series_equal(nested.accuracy, naive.accuracy)
+    assert nested.seconds.sum() < naive.seconds.sum()
+
+
+def test_same_seed_same_results_and_a_rerun_resumes_instantly(tiny_runs, tmp_path, suite_file):
+    suite, runs = suite_file(), [r.path for r in tiny_runs]
+    first = robustcnn.sweep(runs, suite=suite, n=100, out=str(tmp_path / "a"), report=False)
+    again = robustcnn.sweep(runs, suite=suite, n=100, out=str(tmp_path / "a"), report=False)
+    fresh = robustcnn.sweep(runs, suite=suite, n=100, out=str(tmp_path / "b"), report=False)
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), fresh.drop(columns="seconds"))
+
+
+def test_interrupted_sweep_resumes_without_lost_or_duplicated_rows(tiny_runs, tmp_path, suite_file, monkeypatch):
+    suite, runs = suite_file(), [r.path for r in tiny_runs]
+    whole = robustcnn.sweep(runs, suite=suite, n=100, out=str(tmp_path / "whole"), report=False)
+    original, done = runner.CellStore.save, []
+
+    def save_then_stop(self, key, cell):  # Ctrl-C while the sixth cell is in flight
+        if len(done) == 5:
+            raise KeyboardInterrupt
+        original(self, key, cell)
+        done.append(key)
+
+    monkeypatch.setattr(runner.CellStore, "save", save_then_stop)
+    out = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        robustcnn.sweep(runs, suite=suite, n=100, out=str(out), report=False)
+    partial = pd.read_csv(out / "results.csv")
+    assert len(partial) == 5 and not partial.duplicated("cell").any()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    resumed = robustcnn.sweep(runs, suite=suite, n=100, out=str(out), report=False)
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    assert (resumed.set_index("cell").loc[partial.cell, "seconds"].to_numpy() == partial.seconds.to_numpy()).all()
+
+
+def test_changed_attack_config_recomputes_only_stale_cells(tiny_runs, tmp_path, suite_file):
+    runs, out = [tiny_runs[0].path], str(tmp_path / "out")
+    first = robustcnn.sweep(runs, suite=suite_file(), n=60, out=out, report=False)
+    changed = robustcnn.sweep(
+        runs, suite=suite_file(PGD_SUITE.replace("steps = 10", "steps = 3")), n=60, out=out, report=False
+    )
+    same = first[first.attack == "fgsm"].cell.tolist() == changed[changed.attack == "fgsm"].cell.tolist()
+    assert same and set(first[first.attack == "pgd-linf"].cell).isdisjoint(changed[changed.attack == "pgd-linf"].cell)
+
+
+def test_patch_rows_report_accuracy_and_target_success(tiny_runs, tmp_path, suite_file):
+    suite = suite_file(
+        '[[attack]]\nname = "patch"\ntype = "patch"\nscales = [0.2, 0.5]\niterations = 5\ntrain_images = 32\n'
+    )
+    results = robustcnn.sweep([tiny_runs[0].path], suite=suite, n=60, out=str(tmp_path / "p"), report=False)
+    patch = results[results.attack == "patch"]
+    assert patch.scale.tolist() == [0.2, 0.5] and patch.eps.isna().all()
+    assert patch.target_success.between(0, 1).all()
+    assert (tmp_path / "p" / "patches" / "std__patch.png").is_file()
+
+
+def test_gallery_and_manifest_are_written(naive_results):
+    _, out = naive_results
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["mode"] == "naive"
+    assert [m["id"] for m in manifest["models"]] == ["std", "adv"]
+    assert all(c["status"] == "pass" for m in manifest["models"] for c in m["model_checks"])
+    with np.load(out / "gallery" / "adv.npz") as gallery:
+        assert gallery["x"].shape == gallery["x_adv"].shape and gallery["x"].shape[1:] == (1, 28, 28)
+        assert float(np.abs(gallery["x_adv"] - gallery["x"]).max()) <= float(gallery["eps"]) + 1e-6
+
+
+def cli(*argv):
+    return run_main(sweep_cli.main, [*argv, "--no-report"], name="robustcnn.sweep")
+
+
+def test_gate_exit_codes(tiny_runs, tmp_path, suite_file, capsys):
+    suite, adv, out = suite_file(), str(tiny_runs[1].path), str(tmp_path / "gate")
+    assert cli(adv, "--suite", suite, "--n", "60", "--out", out, "--fail-under", "pgd-linf@0.1=0.05") == 0
+    assert cli(adv, "--suite", suite, "--n", "60", "--out", out, "--fail-under", "pgd-linf@0.3=0.999") == 1
+    err = capsys.readouterr().err
+    assert "gate not met: adv: pgd-linf@0.3 accuracy" in err and "< 0.999" in err
+    assert cli(adv, "--suite", suite, "--n", "60", "--out", out, "--fail-under", "clean=0.99") == 1
+    assert cli(adv, "--suite", suite, "--n", "60", "--out", out, "--fail-under", "worst-case@0.2=0.01") == 0
+
+
+BAD_SWEEPS = [
+    (["--fail-under", "pgd-linf=0.5"], "needs an eps"),
+    (["--fail-under", "pgd@0.3=0.5"], "no attack 'pgd' in this sweep"),
+    (["--fail-under", "pgd-linf@0.25=0.5"], "has no pgd-linf row at eps 0.25"),
+    (["--fail-under", "pgd-linf@0.3=80"], "must lie in [0, 1]"),
+    (["--n", "5000"], "--n 5000 is larger than the 1000 test images"),
+    (["--n", "0"], "--n '0' is not allowed"),
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--dataset", "digits"], "takes 1x28x28 images in 10 classes but dataset 'digits' has 1x8x8"),
+    (["--weights", "first"], "--weights 'first' is not allowed: choose one of: best, last"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_SWEEPS)
+def test_bad_input_is_one_line_exit_2_and_keeps_earlier_results(tiny_runs, tmp_path, suite_file, capsys, argv, message):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "results.csv").write_text("earlier results\n")
+    code = cli(str(tiny_runs[0].path), "--suite", suite_file(), "--out", str(out), *argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert (out / "results.csv").read_text() == "earlier results\n"
+
+
+def test_bad_run_directories_and_outputs(tiny_runs, tmp_path, suite_file, capsys):
+    suite = suite_file()
+    (tmp_path / "plain").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(tmp_path / "plain")], "is not a robustcnn run directory"),
+        ([str(tiny_runs[0].path), "--out", str(blocker / "sub")], "cannot write to --out"),
+        ([str(tiny_runs[0].path), "--out", str(blocker)], "is a file, not a directory"),
+    ]
+    for argv, message in cases:
+        code = cli(*argv, "--suite", suite)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_corrupt_weights_are_a_clear_error(tiny_runs, tmp_path, suite_file, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_runs[0].path, broken)
+    (broken / "best.safetensors").write_bytes(b"\x00" * 100)
+    assert cli(str(broken), "--suite", suite_file(), "--out", str(tmp_path / "o")) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_accuracy_in_rows_matches_an_independent_count(naive_results, tiny_runs):
+    """Clean accuracy in results.csv equals a direct count with the loaded model on the same subset."""
+    import torch
+
+    results, _ = naive_results
+    subset = runner.np.asarray(
+        __import__("robustcnn.sweep.subjects", fromlist=["x"]).test_subset(1000, 200, 0, "mnist5k")
+    )
+    test = robustcnn.load_dataset("mnist5k", "test").subset(subset)
+    model = tiny_runs[1].model()
+    with torch.no_grad():
+        direct = (model(test.images()).argmax(1) == test.y).float().mean().item()
+    assert accuracy(results, "adv", "clean", 0.0) == pytest.approx(direct)
