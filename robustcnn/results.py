@@ -13,7 +13,8 @@ A sweep output directory holds:
     report.html, summary.md, checks.json    written by the report
 
 Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch scale), "worst-case"
-(per model and eps: an example counts as robust only if it survived every attack at that eps).
+(per model, norm and eps: an example counts as robust only if it survived every attack of that norm at
+that eps; the attack column says "worst-case" for Linf and "worst-case-l2" for L2).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ COLUMNS = [
     "arch",  # architecture name
     "train_method",  # standard, pgd, fgsm-rs or trades
     "kind",  # clean | attack | worst-case
-    "attack",  # entry name in the suite (e.g. "pgd-linf"); "clean" or "worst-case" for those kinds
+    "attack",  # entry name in the suite (e.g. "pgd-linf"); "clean", "worst-case" (Linf) or "worst-case-l2"
     "attack_type",  # registry name of the attack (fgsm, pgd, apgd-ce, apgd-dlr, square, cw-l2, deepfool, patch)
     "box",  # white | black | none: black-box attacks use only the model's outputs
     "params",  # the attack's parameters as compact JSON (steps, restarts, step size, ...)

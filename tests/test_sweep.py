@@ -154,6 +154,19 @@ def test_changed_attack_config_recomputes_only_stale_cells(tiny_runs, tmp_path, 
     assert same and set(first[first.attack == "pgd-linf"].cell).isdisjoint(changed[changed.attack == "pgd-linf"].cell)
 
 
+def test_worst_case_is_kept_per_norm(tiny_runs, tmp_path, suite_file, capsys):
+    mixed = PGD_SUITE + '[[attack]]\nname = "pgd-l2"\ntype = "pgd"\nnorm = "2"\neps = [0.3, 1.0]\nsteps = 5\n'
+    results = robustcnn.sweep([tiny_runs[0].path], suite=suite_file(mixed), n=40, out=str(tmp_path / "m"), report=False)
+    worst = results[results.kind == "worst-case"]
+    assert sorted(zip(worst.attack, worst.eps)) == sorted(
+        [("worst-case", e) for e in (0.05, 0.1, 0.2, 0.3)] + [("worst-case-l2", e) for e in (0.3, 1.0)]
+    )
+    linf_at_03 = worst[(worst.attack == "worst-case") & (worst.eps == 0.3)].accuracy.item()
+    assert linf_at_03 == min(accuracy(results, "std", a, 0.3) for a in ("fgsm", "pgd-linf"))
+    argv = [str(tiny_runs[0].path), "--suite", suite_file(mixed), "--n", "40", "--out", str(tmp_path / "m")]
+    assert cli(*argv, "--fail-under", "worst-case-l2@1.0=0") == 0
+
+
 def test_patch_rows_report_accuracy_and_target_success(tiny_runs, tmp_path, suite_file):
     suite = suite_file(
         '[[attack]]\nname = "patch"\ntype = "patch"\nscales = [0.2, 0.5]\niterations = 5\ntrain_images = 32\n'

@@ -121,13 +121,16 @@ def _norm_label(norm: str) -> str:
 
 
 def worst_figure(data: SweepData, styles: dict) -> Markup | None:
+    """One panel per threat model (the sweep keeps Linf and L2 worst cases apart)."""
     rows = data.results[data.results["kind"] == "worst-case"]
     if rows.empty:
         return None
-    curves = [_curve(m, g, "eps") for m, g in rows.groupby("model", sort=False)]
-    norm = rows["norm"].iloc[0]
-    panel = Panel(curves, "eps (pixels in [0, 1])", "worst-case accuracy", reference=_shared_reference(data, norm))
-    return figure_svg([panel], styles, "worst")
+    panels = []
+    for norm, group in rows.groupby("norm", sort=False):
+        curves = [_curve(m, g, "eps") for m, g in group.groupby("model", sort=False)]
+        axis = f"eps ({_norm_label(norm)}, pixels in [0, 1])"
+        panels.append(Panel(curves, axis, "worst-case accuracy", reference=_shared_reference(data, norm)))
+    return figure_svg(panels, styles, "worst")
 
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:

@@ -60,8 +60,8 @@ def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest:
     results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
     attacked = results[(results["kind"] != "clean") & ~results["is_patch"]]
     names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == "attack", "attack"]).tolist()]
-    if (attacked["kind"] == WORST).any():
-        names.append(WORST)
+    worst = pd.unique(attacked.loc[attacked["kind"] == WORST, "attack"]).tolist()  # one per norm
+    names += worst
     clean = dict(tuple(results[results["kind"] == "clean"].groupby("model", sort=False)))
     curves = dict(tuple(attacked.groupby(["model", "attack"], sort=False)))
     rows = []
@@ -73,7 +73,7 @@ def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest:
             else _attack_cell(curves.get((model, name)), entry, manifest)
             for name in names
         ]
-        rows.append((model, _mark_strongest(cells, names)))
+        rows.append((model, _mark_strongest(cells, names, set(worst))))
     columns = [_column(name, [cells[i] for _, cells in rows]) for i, name in enumerate(names)]
     guessed = any(cell is not None and cell.guessed for _, cells in rows for cell in cells)
     return Headline(columns, rows, guessed)
@@ -100,8 +100,8 @@ def _from_row(row: pd.Series, eps: float | None, guessed: bool = False) -> Cell:
     return Cell(float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]), eps, guessed)
 
 
-def _mark_strongest(cells: list[Cell | None], names: list[str]) -> list[Cell | None]:
-    robust = [i for i, c in enumerate(cells) if c is not None and names[i] not in ("clean", WORST)]
+def _mark_strongest(cells: list[Cell | None], names: list[str], worst: set[str]) -> list[Cell | None]:
+    robust = [i for i, c in enumerate(cells) if c is not None and names[i] != "clean" and names[i] not in worst]
     if len(robust) < 2:
         return cells
     lowest = min(cells[i].accuracy for i in robust)

@@ -14,7 +14,7 @@ from robustcnn.errors import RunFailed, UsageError
 from robustcnn.results import REPORT_FILE
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.gate import check_gates_cover, failed_gates, parse_gate
-from robustcnn.sweep.runner import Sweep, plan_grids
+from robustcnn.sweep.runner import Sweep, plan_grids, worst_case_name
 from robustcnn.sweep.subjects import load_subjects
 from robustcnn.sweep.suite import load_suite
 
@@ -57,7 +57,7 @@ def sweep(models: list[Any], config: SweepConfig | None = None, **overrides: Any
     device = resolve_device(config.device)
     subjects = load_subjects(list(models), config, suite.n, device)
     grids = plan_grids(subjects, suite)
-    check_gates_cover(gates, _gate_targets(grids))
+    check_gates_cover(gates, _gate_targets(grids, suite))
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()
     say(f"sweeping {len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}) on {device} -> {out}")
@@ -70,11 +70,15 @@ def sweep(models: list[Any], config: SweepConfig | None = None, **overrides: Any
     return results
 
 
-def _gate_targets(grids: dict[str, dict[str, tuple[float, ...]]]) -> dict[str, dict[str, list[float]]]:
+def _gate_targets(grids: dict[str, dict[str, tuple[float, ...]]], suite) -> dict[str, dict[str, list[float]]]:
+    """Per model: every row name a gate may use, with the eps it will have."""
     targets = {}
     for model, by_attack in grids.items():
-        every_eps = sorted({e for grid in by_attack.values() for e in grid})
-        targets[model] = {"clean": [0.0], "worst-case": every_eps, **{k: list(v) for k, v in by_attack.items()}}
+        names = {"clean": [0.0], **{k: list(v) for k, v in by_attack.items()}}
+        for spec in suite.attacks:
+            if spec.norm is not None:
+                names.setdefault(worst_case_name(spec.norm.value), []).extend(by_attack[spec.name])
+        targets[model] = names
     return targets
 
 

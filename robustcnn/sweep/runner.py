@@ -131,8 +131,10 @@ class Sweep:
             for row in cell.rows:
                 row["seconds"] = seconds
             self.store.save(key, cell)
-        self.cells.setdefault(slot, []).append(cell)
-        self.results()  # results.csv grows cell by cell
+            self.cells.setdefault(slot, []).append(cell)
+            self.results()  # results.csv grows with every computed cell (cached ones are written at the end)
+        else:
+            self.cells.setdefault(slot, []).append(cell)
         self.bar.update()
         return cell
 
@@ -277,7 +279,13 @@ class Sweep:
             n, n_correct = len(flags), int(flags.sum())
             low, high = wilson_interval(n_correct, n)
             row = self._row(subject, None, "worst-case", flags, "", eps=eps)
-            row.update(norm=norm, params=json.dumps({"attacks": names[(norm, eps)]}), ci_low=low, ci_high=high)
+            row.update(
+                attack=worst_case_name(norm),
+                norm=norm,
+                params=json.dumps({"attacks": names[(norm, eps)]}),
+                ci_low=low,
+                ci_high=high,
+            )
             rows.append(row)
         return rows
 
@@ -409,6 +417,11 @@ class Sweep:
 
     def write_manifest_start(self) -> None:
         write_json(self.out / MANIFEST_FILE, self.manifest)
+
+
+def worst_case_name(norm: str) -> str:
+    """'worst-case' for Linf, 'worst-case-l2' for L2: one worst case per threat model, never mixed."""
+    return "worst-case" if norm == "inf" else f"worst-case-l{norm}"
 
 
 def _safe(name: str) -> str:
