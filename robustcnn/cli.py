@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
 from robustcnn.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunFailed, UsageError
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None, name: str = "robustcnn") -> int:
+    # Batch schedulers and `kill` send SIGTERM: stop as cleanly as on Ctrl-C (status saved, resume hint).
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except UsageError as error:

@@ -42,16 +42,25 @@ def _typed(parse: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
     return convert
 
 
+def _whole(value: Any) -> int | None:
+    """The int `value` stands for (3, 3.0, "3"), or None for anything else ("1.5", inf, nan, "many")."""
+    try:
+        number = int(value)
+        return number if number == float(value) else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def positive_int(value: Any) -> int:
-    number = int(value)
-    if number <= 0 or number != float(value):
+    number = _whole(value)
+    if number is None or number <= 0:
         raise ValueError(f"expected a whole number > 0, got {value!r}")
     return number
 
 
 def non_negative_int(value: Any) -> int:
-    number = int(value)
-    if number < 0 or number != float(value):
+    number = _whole(value)
+    if number is None or number < 0:
         raise ValueError(f"expected a whole number >= 0, got {value!r}")
     return number
 

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from robustcnn.errors import UsageError
+
 
 def _default_mode() -> int:
     mask = os.umask(0)
@@ -27,17 +29,47 @@ _LIBRARIES = ("robustcnn", "torch", "torchvision", "adversarial-robustness-toolb
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temp path beside `path`; on success renames it over `path`, so readers never see half a file."""
+    """Yields a temp path beside `path`; on success renames it over `path`, so readers never see half a file.
+
+    A failed write (disk full, read-only, no such folder) leaves `path` as it was and becomes a one-line
+    UsageError naming the file and the reason.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+    except OSError as error:
+        raise _write_error(path, error) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than: float = 600.0) -> None:
+    """Deletes `atomic_path` temp files a killed process left behind (never read, but they take space).
+
+    Only files older than `older_than` seconds go, so a writer still at work beside us is not disturbed.
+    """
+    import time
+
+    now = time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+
+
+def _write_error(path: Path, error: OSError) -> UsageError:
+    return UsageError(
+        f"cannot write {path}: {error.strerror or error}; free some space or pick a writable output directory "
+        "(files already written are kept)"
+    )
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

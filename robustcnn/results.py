@@ -10,6 +10,7 @@ A sweep output directory holds:
     gallery/<model>.npz    a few examples for the report: x, x_adv (k, C, H, W) float32 in [0, 1], y, pred,
                            pred_adv (k,) int64, and 0-d arrays attack (str) and eps (float)
     patches/<model>__<attack>.png    the optimised adversarial patch, when the suite has one
+                       (ids in file names pass through `file_stem`)
     report.html, summary.md, checks.json    written by the report
 
 Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch scale), "worst-case"
@@ -64,6 +65,15 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def file_stem(name: str) -> str:
+    """How a model or attack id becomes a file name in gallery/ and patches/ (ids may hold '/', spaces, '<').
+
+    The sweep writes and the report reads with this one rule; it keeps only letters, digits and "-_.", so
+    no id can name a path outside the sweep directory.
+    """
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def results_path(out: str | Path) -> Path:

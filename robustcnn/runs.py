@@ -44,7 +44,10 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist")
+        raise UsageError(
+            f"checkpoint {path} does not exist; a run gets {', '.join(WEIGHTS.values())} when its first epoch "
+            f"ends: finish it with python -m robustcnn.train --resume {path.parent}"
+        )
     try:
         from safetensors import safe_open
 
@@ -79,6 +82,12 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
         raise UsageError(
             f"checkpoint {source} does not match the model: {k} has shape {found[k]}, expected {expected[k]}; "
             "was it saved for another dataset (channels, image size, classes)?"
+        )
+    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise UsageError(
+            f"checkpoint {source} holds NaN or infinite weights (in {broken}); training diverged before it was "
+            "saved: use the other weights (--weights best or last) or retrain with a lower --lr"
         )
     model.load_state_dict(tensors, strict=True)
 
@@ -149,7 +158,22 @@ def load_run(path: str | Path) -> Run:
         raise UsageError(f"{run_file} is not valid JSON ({_first_line(error)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{run_file} is not a {FORMAT} file")
+    _check_meta(run_file, meta)
     return Run(path, meta)
+
+
+def _check_meta(run_file: Path, meta: dict[str, Any]) -> None:
+    """What a sweep or a resume rebuilds from run.json, checked up front: a damaged file is one clear error."""
+    try:
+        ModelConfig.from_dict(meta["model"])
+        DatasetInfo.from_dict(meta["dataset"])
+        if not isinstance(meta["config"], dict):
+            raise TypeError("'config' is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UsageError(
+            f"{run_file} is damaged ({type(error).__name__}: {_first_line(error)}); it needs the 'model', "
+            "'dataset' and 'config' written by python -m robustcnn.train: retrain, or restore it from a copy"
+        ) from None
 
 
 def load_model(path: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Normalized:

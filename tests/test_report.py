@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import make_results, make_sweep_dir
+from report_fixtures import make_results, make_sweep_dir, write_gallery
 
 import robustcnn.report
 from robustcnn.cli import run_main
@@ -24,7 +24,7 @@ from robustcnn.report.format import format_eps, markdown_escape
 from robustcnn.report.load import normalize_results, reference_eps
 from robustcnn.report.plots import nice_ticks
 from robustcnn.report.tables import headline
-from robustcnn.results import COLUMNS
+from robustcnn.results import COLUMNS, file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert(1)</script>"
@@ -262,9 +262,19 @@ def test_benchmark_runs(monkeypatch):
 
 
 def test_model_id_cannot_reach_outside_the_sweep_directory(tmp_path):
-    out = make_sweep_dir(tmp_path / "s", models=("../escape", "adv"), gallery=False)
+    out = make_sweep_dir(tmp_path / "s", models=("../escape", "adv"), attacks=("pgd",), gallery=False)
+    write_gallery(tmp_path / "escape.npz")  # where gallery/../escape.npz would point
     html = robustcnn.report(out).read_text()
-    assert "not in this sweep (the model id is not a file name)" in html
+    assert html.count("Gallery not in this sweep.") == 2 and "data:image/png" not in html
+
+
+def test_gallery_of_a_model_id_with_odd_characters_is_found(tmp_path):
+    """The sweep names files with results.file_stem; the report must read them back by the same rule."""
+    model = "my run <1>"
+    out = make_sweep_dir(tmp_path / "s", models=(model,), attacks=("pgd",), gallery=False)
+    write_gallery(out / "gallery" / f"{file_stem(model)}.npz")
+    html = robustcnn.report(out).read_text()
+    assert "Gallery not in this sweep." not in html and "data:image/png" in html
 
 
 def test_reference_eps_sources():

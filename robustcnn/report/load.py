@@ -24,6 +24,7 @@ KINDS = ("clean", "attack", "worst-case")
 REQUIRED = ("model", "kind", "attack", "eps", "n", "n_correct", "accuracy")  # the report cannot guess these
 NUMERIC = ("eps", "scale", "n", "n_correct", "accuracy", "ci_low", "ci_high", "target_success", "seconds")
 _MISSING = {"", "nan", "na", "none", "null"}  # cells that mean "no value" (pandas writes NaN as "")
+_UNIT = ("accuracy", "ci_low", "ci_high", "target_success", "scale")  # fractions in [0, 1]; the rest only >= 0
 _NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": "2", "2.0": "2", "l2": "2"}
 
 
@@ -86,14 +87,27 @@ def normalize_results(frame: pd.DataFrame, source: str = RESULTS_FILE) -> pd.Dat
 
 def _numbers(column: pd.Series, name: str, source: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(column):
-        return column.astype(float)
+        return _in_range(column.astype(float), name, source)
     text = column.astype(str).str.strip()
     values = pd.to_numeric(text.where(~text.str.lower().isin(_MISSING)), errors="coerce")
     bad = values.isna() & ~text.str.lower().isin(_MISSING)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UsageError(f"{source} row {row + 2}: {name} {text.iloc[row]!r} is not a number")
-    return values.astype(float)
+    return _in_range(values.astype(float), name, source)
+
+
+def _in_range(values: pd.Series, name: str, source: str) -> pd.Series:
+    """inf, negative counts or an accuracy of 7 would render as nonsense: refuse them, naming the row."""
+    high = 1.0 if name in _UNIT else math.inf
+    bad = values.notna() & ~((values >= 0) & (values <= high) & np.isfinite(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        allowed = "a number in [0, 1]" if name in _UNIT else "a finite number >= 0"
+        raise UsageError(
+            f"{source} row {row + 2}: {name} {float(values.iloc[row])!r} is not allowed; it must be {allowed}"
+        )
+    return values
 
 
 def _check_kinds(frame: pd.DataFrame, source: str) -> None:

@@ -18,6 +18,7 @@ from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
 from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, swatch
 from robustcnn.report.tables import Headline, markdown_table
+from robustcnn.results import file_stem
 
 CHECKS_FORMAT = "robustcnn-checks/1"
 PROVENANCE = ("status", "message", "seed", "n", "mode", "device", "batch_size", "git_sha", "started", "finished",
@@ -157,9 +158,7 @@ def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:
 
 
 def _patch_picture(data: SweepData, model: str, attack: str) -> str | None:
-    if not (images.safe_name(model) and images.safe_name(attack)):
-        return None
-    return images.patch_uri(data.out_dir / "patches" / f"{model}__{attack}.png")
+    return images.patch_uri(data.out_dir / "patches" / f"{file_stem(model)}__{file_stem(attack)}.png")
 
 
 def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
@@ -167,10 +166,7 @@ def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
     for model in data.model_ids:
         names = data.models[model].get("class_names")
         names = [str(n) for n in names] if isinstance(names, list) else []
-        if images.safe_name(model):
-            found.append((model, images.load_gallery(data.out_dir / "gallery" / f"{model}.npz", names)))
-        else:
-            found.append((model, "not in this sweep (the model id is not a file name)"))
+        found.append((model, images.load_gallery(data.out_dir / "gallery" / f"{file_stem(model)}.npz", names)))
     return found
 
 

@@ -7,7 +7,7 @@ import sys
 
 from robustcnn.cli import run_main
 from robustcnn.config import add_arguments, given_arguments
-from robustcnn.errors import EXIT_OK
+from robustcnn.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +50,12 @@ def main(argv: list[str]) -> int:
     except GateFailed:
         _summarise(out, with_report)
         raise
+    except KeyboardInterrupt:
+        print(
+            f"robustcnn.sweep: interrupted; finished cells are kept in {out}/cells: re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     _summarise(out, with_report)
     return EXIT_OK
 

@@ -11,6 +11,7 @@ import pandas as pd
 from robustcnn.console import say
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError
+from robustcnn.fileio import remove_stale_temps
 from robustcnn.results import REPORT_FILE
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.gate import check_gates_cover, failed_gates, parse_gate
@@ -33,6 +34,8 @@ def prepare_out(out: Path) -> Path:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to --out {str(out)!r}: {error.strerror or error}") from None
+    for folder in (out, out / "cells", out / "gallery", out / "patches"):
+        remove_stale_temps(folder)  # left by a sweep that was killed mid-write
     return out
 
 

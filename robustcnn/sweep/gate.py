@@ -32,9 +32,12 @@ def parse_gate(text: str) -> Gate:
     attack, eps, accuracy = match["attack"], match["eps"], match["acc"]
     if eps is None and attack != "clean":
         raise UsageError(f"--fail-under {text!r} needs an eps: write {attack}@EPS={accuracy}")
-    minimum = parse_eps(accuracy, f"--fail-under {text!r} accuracy")
+    try:
+        minimum = float(accuracy)
+    except ValueError:
+        minimum = math.nan
     if not 0 <= minimum <= 1:
-        raise UsageError(f"--fail-under {text!r}: accuracy {minimum:g} must lie in [0, 1]")
+        raise UsageError(f"--fail-under {text!r}: accuracy {accuracy!r} must be a number in [0, 1], e.g. 0.8")
     return Gate(attack, None if eps is None else parse_eps(eps, f"--fail-under {text!r} eps"), minimum)
 
 

@@ -24,7 +24,7 @@ import torch
 from robustcnn.console import progress, say
 from robustcnn.errors import UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, wilson_interval
+from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, file_stem, wilson_interval
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.model_checks import model_checks
 from robustcnn.sweep.store import Cell, CellStore, cell_key
@@ -227,7 +227,7 @@ class Sweep:
         folder.mkdir(exist_ok=True)
         pixels = (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)  # (C, H, W)
         image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
-        with atomic_path(folder / f"{_safe(subject.id)}__{_safe(spec.name)}.png") as tmp:
+        with atomic_path(folder / f"{file_stem(subject.id)}__{file_stem(spec.name)}.png") as tmp:
             image.save(tmp, format="PNG")
 
     # --- rows, worst case, results.csv ---------------------------------------------------------
@@ -341,7 +341,7 @@ class Sweep:
 
         folder = self.out / "gallery"
         folder.mkdir(exist_ok=True)
-        with atomic_path(folder / f"{_safe(subject.id)}.npz") as tmp, open(tmp, "wb") as f:
+        with atomic_path(folder / f"{file_stem(subject.id)}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
     def reference_eps(self, subject: Subject, spec: AttackSpec) -> float:
@@ -422,11 +422,6 @@ class Sweep:
 def worst_case_name(norm: str) -> str:
     """'worst-case' for Linf, 'worst-case-l2' for L2: one worst case per threat model, never mixed."""
     return "worst-case" if norm == "inf" else f"worst-case-l{norm}"
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe version of a model or attack id (ids may contain '/')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _now() -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from robustcnn.console import say
 from robustcnn.fileio import atomic_path
 
 CELLS = "cells"
@@ -52,7 +54,8 @@ class CellStore:
                 n = int(data["n"])
                 flags = np.unpackbits(data["flags"], axis=1, count=n).astype(bool)
                 extra = {k[6:]: data[k] for k in data.files if k.startswith("extra_")}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # JSONDecodeError: ValueError
+            say(f"{path} is not a readable cell ({type(error).__name__}); computing that cell again")
             return None
         return Cell(rows, flags, extra)
 

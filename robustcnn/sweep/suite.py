@@ -29,6 +29,7 @@ from robustcnn.errors import UsageError
 from robustcnn.threat import Norm, check_eps, parse_eps
 
 SUITE_KEYS = ("description", "n", "reference_eps", "attack")
+MAX_SUITE_BYTES = 1 << 20  # shipped suites are ~1 KB; the text is copied into manifest.json and the report
 ENTRY_KEYS = ("name", "type", "norm", "eps", "eps_fraction", "scales")
 
 
@@ -116,8 +117,10 @@ def find_suite(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.suffix == ".toml" or "/" in text or path.is_file():
-        if not path.is_file():
+        if not path.exists():
             raise UsageError(f"suite file {text!r} does not exist")
+        if not path.is_file():
+            raise UsageError(f"suite file {text!r} is not a regular file; give a .toml file")
         return path
     for folder in suite_folders():
         if (folder / f"{text}.toml").is_file():
@@ -127,11 +130,16 @@ def find_suite(name_or_path: str | Path) -> Path:
 
 def load_suite(name_or_path: str | Path) -> Suite:
     path = find_suite(name_or_path)
+    size = path.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise UsageError(f"{path}: {size} bytes is too large for a suite; the limit is {MAX_SUITE_BYTES} bytes")
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from None
+    except RecursionError:  # tomllib recurses once per nesting level: [[[[...]]]] thousands deep
+        raise UsageError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
     return parse_suite(data, path, text)
 
 

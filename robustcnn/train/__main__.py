@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from robustcnn.cli import run_main
 from robustcnn.config import add_arguments, given_arguments
@@ -29,7 +30,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from robustcnn.errors import UsageError
     from robustcnn.train import TrainConfig, train
 
     args = parser().parse_args(argv)
@@ -38,11 +38,10 @@ def main(argv: list[str]) -> int:
         run = train(resume=args.resume, **given)
     except KeyboardInterrupt:
         target = args.resume or given.get("out")
-        hint = f"; resume with: python -m robustcnn.train --resume {target}" if target else ""
+        started = target and (Path(target) / "run.json").is_file()  # else there is nothing to resume yet
+        hint = f"; resume with: python -m robustcnn.train --resume {target}" if started else ""
         print(f"robustcnn.train: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except UsageError:
-        raise
     final = run.meta.get("final", {})
     print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}")
     return EXIT_OK

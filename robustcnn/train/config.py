@@ -36,7 +36,7 @@ class Amp(str, Enum):
 
 
 def _eps(value: object) -> float:
-    return parse_eps(value)
+    return parse_eps(value, "--eps")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
             raise UsageError(
                 f"--constraint {pick['constraint'].value} needs --eps: the dataset's default is for another norm"
             )
-    check_eps(pick["eps"], pick["constraint"])
+    check_eps(pick["eps"], pick["constraint"], "--eps")
     fgsm = pick["adv_method"] is AdvMethod.FGSM_RS
     pick["attack_steps"] = pick["attack_steps"] or (1 if fgsm else 10)
     if fgsm and pick["attack_steps"] != 1:

@@ -20,7 +20,7 @@ from robustcnn.data import Augment, DatasetInfo, ImageSet, dataset_info, load_da
 from robustcnn.data.base import stratified_split
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError
-from robustcnn.fileio import command_line, git_sha, library_versions, machine
+from robustcnn.fileio import command_line, git_sha, library_versions, machine, remove_stale_temps
 from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
 from robustcnn.train import checkpoint
@@ -63,6 +63,7 @@ def _default_out(config: TrainConfig) -> str:
 
 def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, TrainConfig]:
     meta = load_run(run_dir).meta
+    remove_stale_temps(run_dir)
     changeable = [o for o in RUN_OPTIONS if o not in ("out", "overwrite")]
     changed = sorted(set(overrides) - set(changeable))
     if changed:
@@ -90,14 +91,17 @@ def seed_everything(seed: int) -> None:
 def split_train_val(train: ImageSet, config: TrainConfig) -> tuple[ImageSet, ImageSet]:
     if config.val_size >= len(train):
         raise UsageError(f"--val-size {config.val_size} leaves no training images (the train split has {len(train)})")
-    rest, val = stratified_split(train.y.numpy(), config.val_size, seed=config.seed)
+    what = f"--val-size {config.val_size}"
+    rest, val = stratified_split(train.y.numpy(), config.val_size, seed=config.seed, what=what)
     if config.train_size is not None:
         if config.train_size > len(rest):
             raise UsageError(
                 f"--train-size {config.train_size} is larger than the {len(rest)} training images available"
             )
         if config.train_size < len(rest):
-            rest = rest[stratified_split(train.y[rest].numpy(), len(rest) - config.train_size, seed=config.seed)[0]]
+            dropped = len(rest) - config.train_size
+            what = f"--train-size {config.train_size}"
+            rest = rest[stratified_split(train.y[rest].numpy(), dropped, seed=config.seed, what=what)[0]]
     return train.subset(rest), train.subset(val)
 
 
@@ -260,9 +264,14 @@ class _Trainer:
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
         value = loss_sum.item()
         if not math.isfinite(value):
+            kept = (
+                f"the last good checkpoint (epoch {epoch}) is kept in"
+                if epoch
+                else "no epoch finished, no checkpoint in"
+            )
             raise RunFailed(
                 f"training stopped: the loss became {value} in epoch {epoch + 1} (lr {lr:.3g}); "
-                f"the last good checkpoint (epoch {epoch}) is kept in {self.run_dir}; lower --lr and train again"
+                f"{kept} {self.run_dir}; lower --lr and train again"
             )
 
     def _end_epoch(self, state: Progress, row: dict[str, Any]) -> None:

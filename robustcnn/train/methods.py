@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcnn.attacks.art import art_classifier, from_numpy, frozen, to_numpy
+from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import DatasetInfo
 from robustcnn.registry import Registry
 from robustcnn.train.config import TrainConfig
@@ -69,7 +69,7 @@ class PgdTraining(Method):
             return x
         step = self.config.attack_lr * eps / self.config.eps  # keeps steps/eps fixed while eps warms up
         self.attack.set_params(eps=eps, eps_step=step)
-        with frozen(self.model):
+        with frozen(self.model), lazy_success_rate():  # measured: FGSM-RS epoch 3.05 -> 1.86 clean epochs
             x_adv = self.attack.generate(to_numpy(x), to_numpy(target))
         return from_numpy(x_adv, self.device)
 

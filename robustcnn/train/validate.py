@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcnn.attacks.art import art_classifier, from_numpy, frozen, to_numpy
+from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import ImageSet
 from robustcnn.train.config import TrainConfig
 
@@ -34,7 +34,7 @@ class Validator:
 
     def __call__(self) -> dict[str, float]:
         x, y = to_numpy(self.x), self.y.numpy()
-        with frozen(self.model):
+        with frozen(self.model), lazy_success_rate():  # skips 2 log-only forward passes, ~6% of PGD-10
             x_fgsm, x_pgd = self.fgsm.generate(x, y), self.pgd.generate(x, y)
         return {
             "val_acc": self.accuracy(self.x),

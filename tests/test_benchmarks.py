@@ -1,0 +1,60 @@
+"""The benchmark runner works on a tiny configuration and writes well-formed tables.
+
+Never a timed test: no figure is checked, only that every section runs and its output has the right shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not part of the installed package
+
+from benchmarks import run as bench  # noqa: E402
+from benchmarks.table import CSV_COLUMNS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_output(tiny_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    models = [str(r.path) for r in tiny_runs]
+    assert bench.main([*models, "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_run_writes_every_section(quick_output):
+    with open(quick_output / "benchmarks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == CSV_COLUMNS
+    assert {row["section"] for row in rows} == set(bench.SECTIONS)
+    for row in rows:
+        assert row["status"] in {"PASS", "MISS", "-"}
+        assert float(row["value"]) >= 0
+        assert (row["status"] == "-") == (row["target"] == "")
+
+
+def test_markdown_has_the_evidence_header_and_the_accuracy_table(quick_output):
+    text = (quick_output / "benchmarks.md").read_text()
+    machine = json.loads((quick_output / "machine.json").read_text())
+    for key in ("cpu", "cores", "torch", "adversarial-robustness-toolbox", "date", "load_before"):
+        assert f"**{key}**" in text and key in machine
+    assert "CPU-only" in text or machine["device"] != "cpu"
+    with open(quick_output / "accuracy.csv", newline="") as f:
+        accuracy = list(csv.DictReader(f))
+    assert {"robustcnn", "art nested", "ta nested", "max gap pp"} <= set(accuracy[0])
+    assert all(0 <= float(r["robustcnn"]) <= 1 for r in accuracy)
+
+
+def test_bad_options_fail_before_any_work(tmp_path, capsys):
+    from robustcnn.cli import run_main
+
+    assert run_main(bench.main, ["--only", "sweep,nope", "--out", str(tmp_path)]) == 2
+    assert "--only" in capsys.readouterr().err
+    assert run_main(bench.main, [str(tmp_path / "missing"), "--quick", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "benchmarks.md").exists()
