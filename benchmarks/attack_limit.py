@@ -20,6 +20,7 @@ from benchmarks.timing import interleaved
 from robustcnn.attacks import ATTACKS, Target
 from robustcnn.attacks.art import art_classifier
 from robustcnn.attacks.pgd import PgdParams
+from robustcnn.devices import fast_layout
 from robustcnn.runs import load_run
 from robustcnn.threat import Norm
 
@@ -29,7 +30,7 @@ TARGET = 1.15  # one PGD-k call may cost at most this many times k x (forward + 
 def measure(model_path: Path, batch: int, steps: int, device: torch.device, repeats: int) -> list[Row]:
     run = load_run(model_path)
     info = run.dataset
-    model = run.model("best", device).requires_grad_(False)  # as the sweep holds it (subjects.py)
+    model = fast_layout(run.model("best", device), device).requires_grad_(False)  # as the sweep holds it (subjects.py)
     target = Target(art_classifier(model, info.shape, info.num_classes, device), model, device, batch, info.num_classes)
     test = robustcnn.load_dataset(run.meta["config"]["dataset"], "test")
     x, y = test.images(slice(0, batch)).numpy(), test.y[:batch].numpy()  # (batch, C, H, W) in [0, 1], (batch,)

@@ -181,7 +181,9 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "Per-eps FGSM can exceed nested FGSM because one large signed step can miss where a smaller one hit.",
         "Reading the sweep rows: a speed-up is (work that nesting saves: the 'work' row) x (speed per gradient "
         "of each path). Per gradient, the sweep goes through ART's PGD, whose own per-step work (projection, "
-        "clipping, checks) puts one call at the 'attack' row's multiple of bare forward + backward passes.",
+        "clipping, checks) puts one call at the 'attack' row's multiple of bare forward + backward passes. "
+        "The sweep holds each model in channels-last layout (robustcnn.devices.fast_layout); the hand-written "
+        "loops use robustcnn.load_model as a user would (PyTorch's default layout).",
         "Training section: one epoch of a fresh run per method (eps_warmup 0), the training part timed apart "
         "from the per-epoch validation. The ideals count an attack step as one clean training step; an attack "
         "step is cheaper (no weight gradients, no optimiser step), so below 1x ideal means nothing is wasted.",

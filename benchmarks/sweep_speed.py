@@ -6,7 +6,7 @@ seeded subset), from run directories to per-example correctness. Each variant lo
 data inside the timed region, and the sweep writes into a fresh temporary folder, so nothing is cached.
 
 - robustcnn.sweep: nested eps reuse (only the survivors of the previous eps are attacked), batches of
-  `default_batch_size` (128 on a CPU), frozen weights, ART underneath.
+  `default_batch_size` (128 on a CPU), frozen weights in channels-last layout, ART underneath.
 - ART loop: one ART attack object per eps on all images, ART's default batch size (32), true labels;
   the model as `robustcnn.load_model` returns it (weights trainable, as users have them).
 - torchattacks loop: the same loop with torchattacks.FGSM / torchattacks.PGD (same steps, step size
@@ -288,7 +288,8 @@ def _rows(job: Job, timed: dict[str, Timed], accuracy: list[dict]) -> list[Row]:
     rows = [
         Row("sweep", f"robustcnn.sweep vs naive ART loop ({what})", timed["art"].median / ours.median,
             target=">= 3", baseline=f"ART loop, batch {ART_DEFAULT_BATCH}", baseline_seconds=timed["art"].median,
-            baseline_spread=timed["art"].spread, note=f"sweep: nested eps reuse, batch {job.batch_size}", **common),
+            baseline_spread=timed["art"].spread, note=f"sweep: nested, batch {job.batch_size}, channels-last",
+            **common),
         Row("sweep", f"robustcnn.sweep vs the same loop with torchattacks ({what})",
             timed["torchattacks"].median / ours.median, target=">= 1.5",
             baseline=f"torchattacks loop, batch {ART_DEFAULT_BATCH}", baseline_seconds=timed["torchattacks"].median,

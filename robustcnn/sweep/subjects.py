@@ -12,6 +12,7 @@ import torch
 from robustcnn.attacks import Target
 from robustcnn.attacks.art import art_classifier
 from robustcnn.data import DatasetInfo, ImageSet, dataset_info, load_dataset
+from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.models import Normalized
 from robustcnn.runs import Run, load_run
@@ -77,7 +78,7 @@ def _subject(run: Run, name: str, config: SweepConfig, n_default, device, batch_
     test = load_dataset(dataset, "test", config.data_dir, config.download)
     subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
     weights = run.weights_path(config.weights)
-    model = run.model(config.weights, device).requires_grad_(False)  # attacks need input gradients only
+    model = fast_layout(run.model(config.weights, device), device).requires_grad_(False)  # input gradients only
     classifier = art_classifier(model, info.shape, info.num_classes, device)
     target = Target(classifier, model, device, batch_size, info.num_classes)
     return Subject(name, run, _sha256(weights), model, info, test.subset(subset), subset, target)

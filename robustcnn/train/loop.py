@@ -18,7 +18,7 @@ from robustcnn.config import to_dict
 from robustcnn.console import progress, say
 from robustcnn.data import Augment, DatasetInfo, ImageSet, dataset_info, load_dataset
 from robustcnn.data.base import stratified_split
-from robustcnn.devices import resolve_device
+from robustcnn.devices import fast_layout, resolve_device
 from robustcnn.errors import RunFailed, UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, remove_stale_temps
 from robustcnn.models import ModelConfig, Normalized, create_model
@@ -170,8 +170,8 @@ class _Trainer:
 
     def _place_model(self) -> None:
         amp = self.config.amp
+        self.model = fast_layout(self.model, self.device)
         if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         wants_amp = amp is Amp.ON or (amp is Amp.AUTO and self.device.type == "cuda")
         if wants_amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
