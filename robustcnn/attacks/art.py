@@ -32,6 +32,7 @@ def art_classifier(
         input_shape=tuple(input_shape),
         nb_classes=num_classes,
         clip_values=(0.0, 1.0),
+        preprocessing=None,  # ART's default (0, 1) standardisation is the identity, paid for at every step
         device_type="gpu" if device.type == "cuda" else "cpu",
     )
     # ART only knows "cpu" and "gpu" (the current CUDA device); this lets it run on cuda:N and mps too.
