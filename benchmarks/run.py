@@ -12,7 +12,6 @@ absolute seconds are there too, but on a shared CPU only the ratios mean much). 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from robustcnn.cli import run_main
 from robustcnn.config import BOOL, COUNT, INT, add_arguments, from_mapping, given_arguments, option
 from robustcnn.errors import EXIT_OK, UsageError
+from robustcnn.fileio import write_json
 
 SECTIONS = ("sweep", "attack", "train", "data", "report")
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
@@ -38,6 +38,7 @@ def _sections(value: object) -> tuple[str, ...]:
 class BenchConfig:
     out: str = option("benchmarks/results", "folder for benchmarks.md, benchmarks.csv, accuracy.csv, machine.json")
     repeats: int = option(3, "interleaved rounds per figure; each figure is their median", INT)
+    attack_repeats: int = option(15, "rounds of the attack section (one call takes about a second)", INT)
     n: int = option(1000, "test images per model in the sweep section", INT)
     pgd_steps: int | None = option(None, "PGD steps in the sweep and attack sections; default 40 (standard.toml)", INT)
     attack_batch: int | None = option(None, "images in the single PGD call; default: the sweep's batch size", INT)
@@ -59,6 +60,7 @@ class BenchConfig:
 # A smoke run of every section: tiny data, 1 PGD step, one round, no warm-up. Its figures mean nothing.
 QUICK = {
     "repeats": 1,
+    "attack_repeats": 1,
     "n": 12,
     "pgd_steps": 1,
     "attack_batch": 8,
@@ -99,7 +101,7 @@ def run(models: list[str], config: BenchConfig) -> list[Path]:
     notes.append(_load_note(others, header["cores"]))
     out = Path(config.out)
     written = write_all(out, rows, accuracy, header, notes)
-    (out / "machine.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "machine.json", header)
     return [*written, out / "machine.json"]
 
 
@@ -112,7 +114,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
     if section == "attack":
         from benchmarks import attack_limit
 
-        return attack_limit.measure(paths[-1], config.attack_batch or batch, steps, device, config.repeats)
+        return attack_limit.measure(paths[-1], config.attack_batch or batch, steps, device, config.attack_repeats)
     if section == "train":
         from benchmarks import train_speed
 
@@ -173,7 +175,8 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
     return [
         ("Figures are CPU-only: no GPU was used. " if cpu_only else f"Device: {device}. ")
         + "Ratios come from variants timed round by round in the same run; absolute seconds depend on load.",
-        f"Each figure is the median of {config.repeats} interleaved round(s); the order rotates every round.",
+        f"Each figure is the median of {config.repeats} interleaved round(s) ({config.attack_repeats} in the "
+        "attack section, whose call is short); the order rotates every round.",
         f"Sweep section: the sweep runs with its default batch size ({batch} on this device) into a fresh "
         "temporary folder each round (no cached cells), report off, gallery on (its default).",
         "Accuracy: robustcnn's sweep is nested ('no adversarial example at any eps <= this eps'); each loop's "

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from robustcnn.fileio import atomic_path, write_text
+
 TABLE_MD = "benchmarks.md"
 TABLE_CSV = "benchmarks.csv"
 ACCURACY_CSV = "accuracy.csv"
@@ -50,7 +52,7 @@ def _number(value: float, digits: int = 3) -> str:
 def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     if not records:
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
@@ -102,7 +104,7 @@ def write_all(out: Path, rows: Sequence[Row], accuracy: Sequence[dict], header: 
     if accuracy:
         write_csv(out / ACCURACY_CSV, accuracy)
         written.append(out / ACCURACY_CSV)
-    (out / TABLE_MD).write_text(markdown(rows, accuracy, header, notes), encoding="utf-8")
+    write_text(out / TABLE_MD, markdown(rows, accuracy, header, notes))
     return [out / TABLE_MD, *written]
 
 
