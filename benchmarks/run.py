@@ -136,6 +136,8 @@ def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     from robustcnn.runs import load_run
 
     paths = [Path(m) for m in models or DEMO_MODELS]
+    if not models and not all(path.is_dir() for path in paths):
+        raise UsageError(f"the benchmark attacks the demo models {' and '.join(DEMO_MODELS)}: run `make demo` first")
     for path in paths:
         run = load_run(path)  # raises a UsageError naming the path when it is not a run
         if run.meta.get("status") not in ("finished", "stopped-early"):

@@ -58,3 +58,12 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys):
     assert "--only" in capsys.readouterr().err
     assert run_main(bench.main, [str(tmp_path / "missing"), "--quick", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "benchmarks.md").exists()
+
+
+def test_without_the_demo_models_it_says_to_run_make_demo(tmp_path, monkeypatch, capsys):
+    from robustcnn.cli import run_main
+
+    monkeypatch.chdir(tmp_path)  # no runs/demo-std here
+    assert run_main(bench.main, ["--only", "attack", "--out", str(tmp_path / "out")]) == 2
+    assert "make demo" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
