@@ -54,11 +54,11 @@ def _root(options: DataOptions) -> Path:
 @lru_cache(maxsize=4)
 def _read_split(root: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if (root / "train").is_dir() and (root / "test").is_dir():
-        files, labels, classes = _index(root / split.value)
-        train_classes = _index(root / "train")[2]
-        if classes != train_classes:
-            raise UsageError(f"{root}/test has classes {classes} but {root}/train has {train_classes}")
-        _check_same_shape(_index(root / "train")[0] + _index(root / "test")[0])
+        train, test = _index(root / "train"), _index(root / "test")
+        if test[2] != train[2]:
+            raise UsageError(f"{root}/test has classes {test[2]} but {root}/train has {train[2]}")
+        _check_same_shape(train[0] + test[0])
+        files, labels, classes = train if split is Split.TRAIN else test
     else:
         files, labels, classes = _index(root)
         _check_same_shape(files)
