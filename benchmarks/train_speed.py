@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import robustcnn
 from benchmarks.table import Row
-from benchmarks.timing import interleaved, rounds, sync
+from benchmarks.timing import Timed, interleaved, sync
 from robustcnn.train.loop import _Trainer
 from robustcnn.train.validate import Validator
 
@@ -84,9 +82,9 @@ def measure(settings: dict, device: torch.device, repeats: int, warmup: bool = T
     if warmup:
         one_epoch("clean", settings, device)  # dataset cache, first-call costs
     timed = interleaved(variants, repeats, device)
-    train = {name: Part([v["train"] for v in t.values]) for name, t in timed.items()}
-    with_val = {name: Part([v["train"] + v["validation"] for v in t.values]) for name, t in timed.items()}
-    validation = Part([v["validation"] for v in timed["clean"].values])
+    train = {name: Timed([v["train"] for v in t.values]) for name, t in timed.items()}
+    with_val = {name: Timed([v["train"] + v["validation"] for v in t.values]) for name, t in timed.items()}
+    validation = Timed([v["validation"] for v in timed["clean"].values])
     k = attack_steps(settings)
     ideals = {  # method -> (ideal in clean epochs, label, target: (row, at most))
         "pgd": (k + 1, f"PGD-{k} AT", ("x ideal", PGD_AT_TARGET)),
@@ -117,7 +115,7 @@ def measure(settings: dict, device: torch.device, repeats: int, warmup: bool = T
     return rows
 
 
-def _method_rows(part: Part, clean: Part, ideal: int, label: str, target: tuple | None, repeats: int) -> list[Row]:
+def _method_rows(part: Timed, clean: Timed, ideal: int, label: str, target: tuple | None, repeats: int) -> list[Row]:
     """The epoch as a multiple of a clean epoch and of its ideal; `target` = (unit of the row it applies to, bound)."""
     ratio = part.median / clean.median
     common = {"seconds": part.median, "spread": part.spread, "repeats": repeats, "baseline_spread": clean.spread}
@@ -132,21 +130,6 @@ def _method_rows(part: Part, clean: Part, ideal: int, label: str, target: tuple 
             target=bound("x ideal"), baseline=f"{ideal} x clean epoch", baseline_seconds=ideal * clean.median,
             **common),
     ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Part:
-    """Seconds of one part of an epoch over the rounds."""
-
-    seconds: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def spread(self) -> str:
-        return rounds(self.seconds)
 
 
 def attack_steps(settings: dict) -> int:

@@ -53,20 +53,26 @@ def _root(options: DataOptions) -> Path:
 
 @lru_cache(maxsize=4)
 def _read_split(root: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    splits, classes = _splits(root)
+    files, labels = splits[split]
+    return _decode(files), torch.tensor(labels, dtype=torch.long), classes
+
+
+@lru_cache(maxsize=4)
+def _splits(root: Path) -> tuple[dict[Split, tuple[list[Path], list[int]]], list[str]]:
+    """Files and labels of both splits, indexed and checked once per folder, and the class names."""
     if (root / "train").is_dir() and (root / "test").is_dir():
         train, test = _index(root / "train"), _index(root / "test")
         if test[2] != train[2]:
             raise UsageError(f"{root}/test has classes {test[2]} but {root}/train has {train[2]}")
         _check_same_shape(train[0] + test[0])
-        files, labels, classes = train if split is Split.TRAIN else test
-    else:
-        files, labels, classes = _index(root)
-        _check_same_shape(files)
-        what = f"imagefolder {root} (80/20 train/test split)"
-        train, test = stratified_split(np.asarray(labels), test_size=0.2, seed=SPLIT_SEED, what=what, names=classes)
-        keep = train if split is Split.TRAIN else test
-        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-    return _decode(files), torch.tensor(labels, dtype=torch.long), classes
+        return {Split.TRAIN: train[:2], Split.TEST: test[:2]}, train[2]
+    files, labels, classes = _index(root)
+    _check_same_shape(files)
+    what = f"imagefolder {root} (80/20 train/test split)"
+    train, test = stratified_split(np.asarray(labels), test_size=0.2, seed=SPLIT_SEED, what=what, names=classes)
+    pick = lambda keep: ([files[i] for i in keep], [labels[i] for i in keep])
+    return {Split.TRAIN: pick(train), Split.TEST: pick(test)}, classes
 
 
 def _index(folder: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -86,21 +92,18 @@ def _index(folder: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _decode(files: list[Path]) -> torch.Tensor:
+    """The pixels, (N, C, H, W) uint8; `_check_same_shape` has already made sure every image has one shape."""
     from PIL import Image, UnidentifiedImageError
 
-    arrays, first = [], None
+    arrays = []
     for path in files:
-        try:
+        try:  # a header can be fine while the pixel data after it is truncated
             with Image.open(path) as image:
                 grey = image.mode in _GREY_MODES
                 array = np.asarray(image.convert("L" if grey else "RGB"))
         except (UnidentifiedImageError, OSError) as error:
             raise UsageError(f"cannot read image {path}: {error}") from None
-        array = array[None] if grey else array.transpose(2, 0, 1)  # (C, H, W)
-        first = first or (path, array.shape)
-        if array.shape != first[1]:
-            raise _mismatch(path, array.shape, *first)
-        arrays.append(array)
+        arrays.append(array[None] if grey else array.transpose(2, 0, 1))  # (C, H, W)
     return torch.from_numpy(np.stack(arrays))
 
 

