@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                        # the committed figures, ~20 min on 2 CPU cores
     python -m benchmarks.run --quick --out /tmp/b   # a smoke run of every section, seconds
-    python -m benchmarks.run --only sweep,attack    # some sections
+    python -m benchmarks.run --only sweep,attack    # some sections (external: models from elsewhere)
 
 Writes benchmarks.md, benchmarks.csv, accuracy.csv and machine.json to --out. Every figure is the
 median of --repeats interleaved rounds, given as a ratio to a baseline measured in the same run (the
@@ -22,7 +22,7 @@ from robustcnn.config import BOOL, COUNT, INT, add_arguments, from_mapping, give
 from robustcnn.errors import EXIT_OK, UsageError
 from robustcnn.fileio import write_json
 
-SECTIONS = ("sweep", "attack", "train", "data", "report")
+SECTIONS = ("sweep", "attack", "external", "train", "data", "report")
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
 
 
@@ -115,6 +115,10 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import attack_limit
 
         return attack_limit.measure(paths[-1], config.attack_batch or batch, steps, device, config.attack_repeats)
+    if section == "external":
+        from benchmarks import external_speed
+
+        return external_speed.measure(paths[-1], config.attack_batch or batch, steps, device, config.attack_repeats)
     if section == "train":
         from benchmarks import train_speed
 
@@ -131,7 +135,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "attack"} & set(config.only):
+    if not {"sweep", "attack", "external"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 

@@ -5,6 +5,7 @@
     run = robustcnn.load_run("runs/mnist-adv")          # run.meta: config, dataset, metrics, versions
     test = robustcnn.load_dataset("mnist5k", "test")
     results = robustcnn.sweep(["runs/mnist-std", "runs/mnist-adv"], suite="quick", out="reports/mnist")
+    robustcnn.sweep([robustcnn.Model(my_module, dataset="cifar10", normalize="imagenet")], out="reports/mine")
     robustcnn.report("reports/mnist")                   # report.html, summary.md, checks.json
 
 Imports are lazy so that `python -m robustcnn.report` never pays for torch.
@@ -23,6 +24,7 @@ _LAZY = {
     "load_model": ("robustcnn.runs", "load_model"),
     "load_run": ("robustcnn.runs", "load_run"),
     "load_dataset": ("robustcnn.data", "load_dataset"),
+    "Model": ("robustcnn.models.external.model", "Model"),
     "TrainConfig": ("robustcnn.train.config", "TrainConfig"),
     "SweepConfig": ("robustcnn.sweep.config", "SweepConfig"),
 }

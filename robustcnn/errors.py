@@ -19,3 +19,9 @@ class RunFailed(RuntimeError):
 def choices_error(what: str, value: object, allowed: list[str]) -> UsageError:
     """The one error message for an unknown name: the value received and the valid ones."""
     return UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def last_line(error: BaseException) -> str:
+    """The line of an exception's message that says what went wrong (Python puts it last), for one-line errors."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -30,11 +30,12 @@ REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
 
 COLUMNS = [
-    "model",  # model id: the run directory name, made unique within the sweep
-    "checkpoint_sha256",  # hash of the weights file attacked
+    "model",  # model id: the run directory name, the spec or the given name, unique within the sweep
+    "checkpoint_sha256",  # hash of the weights attacked: the run's checkpoint file, else the loaded tensors
     "dataset",  # dataset name
-    "arch",  # architecture name
-    "train_method",  # standard, pgd, fgsm-rs or trades
+    "arch",  # architecture name, or the spec of a model from elsewhere (e.g. "torchvision:resnet18")
+    "train_method",  # standard, pgd, fgsm-rs or trades; empty for models trained elsewhere
+    "preprocessing",  # "in-model" (robustcnn's models normalise inside), else what the sweep applied, e.g. "imagenet"
     "kind",  # clean | attack | worst-case
     "attack",  # entry name in the suite (e.g. "pgd-linf"); "clean", "worst-case" (Linf) or "worst-case-l2"
     "attack_type",  # registry name of the attack (fgsm, pgd, apgd-ce, apgd-dlr, square, cw-l2, deepfool, patch)
@@ -65,6 +66,15 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+CHANCE_MARGIN = 0.1  # clean accuracy below chance + 10% of the way to 100% is "at chance level"
+
+
+def chance_level(num_classes: int) -> tuple[float, float]:
+    """(chance, the accuracy below which a model counts as at chance: wrong preprocessing or labels, usually)."""
+    chance = 1 / num_classes
+    return chance, chance + CHANCE_MARGIN * (1 - chance)
 
 
 def file_stem(name: str) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import make_idx_dataset, make_image_folder
 from report_fixtures import make_sweep_dir
+from user_models import save_like_a_training_script, user_state_dict, write_nets
 
 import robustcnn
 from robustcnn.cli import run_main
@@ -293,6 +294,88 @@ def deep_toml(env: Env) -> list[str]:
     return env.sweep(suite=env.suite("a = " + "[" * 5000 + "]" * 5000 + "\n"))
 
 
+def user_files(env: Env) -> Path:
+    """The user's folder: nets.py (plain PyTorch) and the std run's weights saved by their own script."""
+    folder = env.tmp / "user"
+    write_nets(folder)
+    save_like_a_training_script(user_state_dict(env.runs["std"]), folder / "smallcnn.pt")
+    return folder
+
+
+def foreign(env: Env, spec: str, *extra: str, dataset: str | None = "mnist5k") -> list[str]:
+    """A sweep of a model from elsewhere into a fresh --out (which must stay empty); `{user}` is its folder."""
+    spec = spec.format(user=user_files(env))
+    data = ["--dataset", dataset] if dataset else []
+    return [spec, *data, "--suite", env.suite(), "--out", str(env.fresh), "--n", "20", *extra]
+
+
+def weights_file(env: Env, content: Callable[[Path], object], spec: str = "{user}/nets.py:smallcnn") -> list[str]:
+    path = env.tmp / "weights.pt"
+    content(path)
+    return foreign(env, spec, "--weights", str(path))
+
+
+def exported(env: Env, train_mode: bool = False, hostile: bool = False) -> list[str]:
+    """A torch.export archive: exported in train mode, or with its weights replaced by a pickle carrying code."""
+    import zipfile
+
+    import torch
+
+    if train_mode:
+        sys.path.insert(0, str(user_files(env)))
+        import nets  # the user's model with BatchNorm: in train mode its graph uses batch statistics
+
+        sys.path.pop(0)
+        model = nets.with_batchnorm().train()
+    else:
+        model = robustcnn.load_model(env.runs["std"])
+    path = env.tmp / "model.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(2, 1, 28, 28),)), path)
+    if hostile:
+        original = env.tmp / "original.pt2"
+        path.rename(original)
+        with zipfile.ZipFile(original) as source, zipfile.ZipFile(path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename.endswith("model_weights_config.json"):
+                    config = json.loads(data)
+                    for entry in config["config"].values():
+                        entry["use_pickle"] = True
+                    data = json.dumps(config).encode()
+                elif "/data/weights/weight_" in item.filename:
+                    data = env.payload()
+                target.writestr(item, data)
+    return foreign(env, str(path))
+
+
+def onnx_file(env: Env, content: bytes) -> list[str]:
+    path = env.tmp / "model.onnx"
+    path.write_bytes(content)
+    return foreign(env, str(path))
+
+
+def npz_data(env: Env, **arrays: np.ndarray) -> list[str]:
+    path = env.tmp / "mine.npz"
+    np.savez(path, **arrays)
+    return foreign(env, "{user}/nets.py:smallcnn", dataset=f"npz:{path}")
+
+
+def missing_extra(env: Env, module: str, spec: str) -> list[str]:
+    if spec.endswith(".onnx"):
+        spec = str(env.tmp / spec)
+        Path(spec).write_bytes(b"an onnx file")  # never read: the missing import is found first
+    env.monkeypatch.setitem(sys.modules, module, None)  # as if the optional extra had not been installed
+    return foreign(env, spec)
+
+
+def uncached_torchvision_weights(env: Env) -> list[str]:
+    env.monkeypatch.setenv("TORCH_HOME", str(env.tmp / "torch-home"))  # an empty cache
+    return foreign(env, "torchvision:resnet18@model-arg=weights=IMAGENET1K_V1")
+
+
+DIGITS28 = np.random.default_rng(4).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+
+
 CASES = [
     # train: names and numbers on the command line
     Case("train-unknown-dataset", "train", lambda e: e.train("--dataset", "imagenet"),
@@ -377,6 +460,92 @@ CASES = [
          ("NaN or infinite weights (in net.0.0.weight)", "--weights best or last")),
     Case("sweep-run-json-damaged", "sweep", lambda e: e.sweep(run=_damaged_run(e)), ("run.json is damaged", "'model'")),
     Case("sweep-cell-file-pickle", "sweep", hostile_cells, (), code=0, check=cells_recomputed),
+    # sweep: models from elsewhere (their own code, weights, exports) and their own data
+    Case("sweep-model-unknown-form", "sweep", lambda e: foreign(e, "mystery-model"),
+         ("run directory 'mystery-model' does not exist", "FILE.py:BUILDER", "torchvision:NAME", "FILE.onnx")),
+    Case("sweep-model-file-missing", "sweep", lambda e: foreign(e, "{user}/nope.py:build"),
+         ("model file", "nope.py' does not exist")),
+    Case("sweep-builder-missing", "sweep", lambda e: foreign(e, "{user}/nets.py:resnet"),
+         ("nets.py has no 'resnet'", "callables in it:", "smallcnn"), real=True),
+    Case("sweep-builder-not-callable", "sweep", lambda e: foreign(e, "{user}/nets.py:WIDTH"),
+         ("'WIDTH' is a int, not a callable returning an nn.Module",)),
+    Case("sweep-builder-raises", "sweep", lambda e: foreign(e, "{user}/nets.py:broken"),
+         ("builder", "nets.py:broken raised ValueError: width must be positive, got -1")),
+    Case("sweep-builder-returns-no-module", "sweep", lambda e: foreign(e, "{user}/nets.py:not_a_module"),
+         ("returned a str, not a torch.nn.Module",)),
+    Case("sweep-builder-syntax-error", "sweep", lambda e: foreign(e, "{user}/broken_syntax.py:build"),
+         ("cannot import", "broken_syntax.py: SyntaxError")),
+    Case("sweep-module-not-installed", "sweep", lambda e: foreign(e, "no_such_package.nets:build"),
+         ("cannot import module 'no_such_package.nets'", "is it installed, or on PYTHONPATH?")),
+    Case("sweep-model-arg-not-key-value", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn", "--model-arg", "7"),
+         ("--model-arg", "expected KEY=VALUE",)),
+    Case("sweep-spec-unknown-key", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@colour=red"),
+         ("'colour=red' is not KEY=VALUE with KEY one of: name, dataset, weights, model-arg",)),
+    Case("sweep-weights-wrong-shape", "sweep",
+         lambda e: foreign(e, "{user}/nets.py:smallcnn@model-arg=width=8@weights={user}/smallcnn.pt"),
+         ("does not match the model: 0.0.weight has shape (16, 1, 3, 3), expected (8, 1, 3, 3)",)),
+    Case("sweep-weights-other-architecture", "sweep",
+         lambda e: foreign(e, "{user}/nets.py:with_batchnorm@weights={user}/smallcnn.pt"),
+         ("does not match the model: weights", "missing", "unexpected")),
+    Case("sweep-weights-whole-pickled-model", "sweep",
+         lambda e: weights_file(e, lambda p: __import__("torch").save(__import__("torch").nn.Linear(2, 2), p)),
+         ("cannot be loaded with torch.load(weights_only=True)", "was not unpickled", "model.state_dict()")),
+    Case("sweep-weights-hostile-pickle", "sweep", lambda e: weights_file(e, lambda p: p.write_bytes(e.payload())),
+         ("cannot be loaded with torch.load(weights_only=True)",), real=True),
+    Case("sweep-weights-not-a-state-dict", "sweep",
+         lambda e: weights_file(e, lambda p: __import__("torch").save({"epoch": 3, "lr": 0.1}, p)),
+         ("holds a dict with keys epoch, lr, not a state dict of tensors",)),
+    Case("sweep-weights-file-missing", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn", "--weights", "nope.pt"),
+         ("weights file 'nope.pt' does not exist",)),
+    Case("sweep-weights-best-for-a-builder", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@weights=best"),
+         ("--weights best chooses a run directory's checkpoint",)),
+    Case("sweep-weights-file-for-a-run", "sweep", lambda e: e.sweep("--weights", "w.pt"),
+         ("--weights 'w.pt' is not allowed: choose one of: best, last",)),
+    Case("sweep-model-input-channels", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@model-arg=channels=3"),
+         ("fails on 1x28x28 images of dataset 'mnist5k'", "RuntimeError")),
+    Case("sweep-model-input-size", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@model-arg=side=32"),
+         ("fails on 1x28x28 images", "image size")),
+    Case("sweep-model-output-count", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@model-arg=classes=7"),
+         ("returns 7 outputs per image but dataset 'mnist5k' has 10 classes",)),
+    Case("sweep-model-nan-logits", "sweep", lambda e: foreign(e, "{user}/nets.py:NotANumber"),
+         ("returns NaN or infinite logits",)),
+    Case("sweep-model-tuple-output", "sweep", lambda e: foreign(e, "{user}/nets.py:two_heads"),
+         ("returns a tuple of 2 outputs; pass --output-index (0..1)",)),
+    Case("sweep-model-output-key-missing", "sweep",
+         lambda e: foreign(e, "{user}/nets.py:two_heads@model-arg=as_dict=true@output-key=scores"),
+         ("returns a dict with keys features, logits; --output-key 'scores' is not one of them",)),
+    Case("sweep-model-no-dataset", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn", dataset=None),
+         ("does not say which data it takes: pass --dataset NAME",)),
+    Case("sweep-normalize-unknown", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn", "--normalize", "caffe"),
+         ("--normalize 'caffe' is not allowed", "none, dataset, imagenet or MEAN,STD")),
+    Case("sweep-normalize-channels", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@normalize=imagenet"),
+         ("--normalize imagenet has 3 channel(s) but the images have 1",)),
+    Case("sweep-input-range-unknown", "sweep", lambda e: foreign(e, "{user}/nets.py:smallcnn@input-range=0-65535"),
+         ("--input-range '0-65535' is not allowed", "0-1, 0-255")),
+    Case("sweep-torchvision-unknown", "sweep", lambda e: foreign(e, "torchvision:resnet19"),
+         ("unknown torchvision model 'resnet19'", "did you mean resnet18")),
+    Case("sweep-torchvision-weights-not-cached", "sweep", uncached_torchvision_weights,
+         ("torchvision:resnet18 weights IMAGENET1K_V1 are not in the cache", "add --download")),
+    Case("sweep-timm-extra-missing", "sweep", lambda e: missing_extra(e, "timm", "timm:resnet18"),
+         ("needs the optional extra 'timm'", "pip install 'robustcnn[timm]'")),
+    Case("sweep-onnx-extra-missing", "sweep", lambda e: missing_extra(e, "onnx2torch", "model.onnx"),
+         ("needs the optional extra 'onnx'", "pip install 'robustcnn[onnx]'")),
+    Case("sweep-onnx-random-bytes", "sweep", lambda e: onnx_file(e, np.random.default_rng(5).bytes(2000)),
+         ("cannot convert", "model.onnx to PyTorch (onnx2torch)")),
+    Case("sweep-pt2-train-mode", "sweep", lambda e: exported(e, train_mode=True),
+         ("model.pt2 was exported in train mode", "export it after model.eval()")),
+    Case("sweep-pt2-hostile-pickle", "sweep", lambda e: exported(e, hostile=True), ("model.pt2 holds pickled",)),
+    Case("sweep-pt2-random-bytes", "sweep",
+         lambda e: foreign(e, str(e.tmp / "x.pt2")) if (e.tmp / "x.pt2").write_bytes(b"not an archive") else [],
+         ("cannot load", "x.pt2 as a torch.export archive")),
+    Case("sweep-npz-missing-key", "sweep", lambda e: npz_data(e, x_test=DIGITS28),
+         ("missing", "y_test")),
+    Case("sweep-npz-label-out-of-range", "sweep",
+         lambda e: npz_data(e, x_test=DIGITS28, y_test=np.arange(30) % 12, class_names=np.array(list("0123456789"))),
+         ("label 10", "0..9")),
+    Case("sweep-npz-hostile-pickle", "sweep",
+         lambda e: npz_data(e, x_test=np.array([Payload(e.marker)], dtype=object), y_test=np.zeros(1)),
+         ("x_test",)),
     # sweep: where the results go
     Case("sweep-out-under-a-file", "sweep", lambda e: e.sweep(out=str(Path(e.suite()) / "o")),
          ("cannot write to --out", "Not a directory")),

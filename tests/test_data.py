@@ -12,7 +12,7 @@ from robustcnn.errors import UsageError
 
 
 def test_registry_lists_every_dataset():
-    assert dataset_names() == ["cifar10", "digits", "fashion-mnist", "imagefolder", "mnist", "mnist5k", "svhn"]
+    assert dataset_names() == ["cifar10", "digits", "fashion-mnist", "imagefolder", "mnist", "mnist5k", "npz", "svhn"]
 
 
 def test_mnist5k_is_a_stratified_disjoint_4000_1000_split():

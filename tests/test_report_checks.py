@@ -28,8 +28,14 @@ def accuracy_of(frame, model, attack, eps):
     return float(rows["accuracy"].iloc[0])
 
 
+DIGITS = [str(d) for d in range(10)]
+
+
 def models(**entries):
-    return {"std": {"method": "standard"}, "adv": {"method": "pgd", **entries}}
+    return {
+        "std": {"method": "standard", "class_names": DIGITS},
+        "adv": {"method": "pgd", "class_names": DIGITS, **entries},
+    }
 
 
 def test_clean_table_passes_every_check():
@@ -224,3 +230,21 @@ def test_every_check_is_explained_in_the_docs():
     docs = (ROOT / "docs" / "checks.md").read_text(encoding="utf-8")
     headings = set(re.findall(r"^## (\S+)$", docs, flags=re.M))
     assert set(checks.NAMES) <= headings
+
+
+@pytest.mark.parametrize(("accuracy", "status"), [(0.12, Status.WARN), (0.18, Status.WARN), (0.20, Status.PASS)])
+def test_clean_accuracy_at_chance_warns(accuracy, status):
+    """10 classes: chance is 10%, and below 19% (chance + 10% of the way to 100%) the model counts as at chance."""
+
+    edit = lambda frame: set_accuracy(frame, "adv", "clean", None, accuracy)  # noqa: E731
+    found = {(c.name, c.model): c for c in checks.run_checks(table(edit), models())}
+    check = found[("clean-accuracy", "adv")]
+    assert check.status is status, check.message
+    assert found[("clean-accuracy", "std")].status is Status.PASS
+    if status is Status.WARN:
+        assert "chance level" in check.message and "--normalize" in check.message
+
+
+def test_clean_accuracy_needs_the_class_count():
+    found = {(c.name, c.model): c for c in checks.run_checks(table(), {"adv": {}, "std": {}})}
+    assert found[("clean-accuracy", "adv")].status is Status.SKIP

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from robustcnn.data import imagefolder, offline, vision  # noqa: F401  (registers the datasets)
+from robustcnn.data import imagefolder, npz, offline, vision  # noqa: F401  (registers the datasets)
 from robustcnn.data.base import (
     DATASETS,
     Augment,

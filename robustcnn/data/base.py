@@ -47,6 +47,7 @@ class DatasetInfo:
     l2_eps: float = 0.5  # the customary L2 radius, [0, 1] pixel units (MNIST 2.0, CIFAR-10 0.5)
     augment: Augment = Augment.NONE  # training-time augmentation
     train_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields that suit this data
+    has_train: bool = True  # False for test-only data (an npz without x_train): it can be evaluated, not trained on
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +70,7 @@ class DatasetInfo:
             "threat_model": self.threat_model.to_dict(),
             "l2_eps": self.l2_eps,
             "augment": self.augment.value,
+            "has_train": self.has_train,
         }
 
     @classmethod
@@ -82,21 +84,29 @@ class DatasetInfo:
             threat_model=ThreatModel.from_dict(data["threat_model"]),
             l2_eps=float(data.get("l2_eps", 0.5)),
             augment=Augment(data.get("augment", "none")),
+            has_train=bool(data.get("has_train", True)),  # absent in runs saved before the field existed
         )
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """A split held in memory as uint8, converted to float [0, 1] one batch at a time (4x less memory)."""
+    """A split held in memory, converted to float [0, 1] one batch at a time by `images()`.
+
+    `x` is uint8 0..255 (4x less memory than floats) for 8-bit data, or float32 in [0, 1] for data that came
+    as floats (e.g. an npz of float images): rounding those to 8 bits would change the images tested.
+    The source checks the float range when it reads the data; here only dtype and shape are checked.
+    """
 
     info: DatasetInfo
     split: Split
-    x: torch.Tensor  # (N, C, H, W) uint8
+    x: torch.Tensor  # (N, C, H, W) uint8 0..255, or float32 in [0, 1]
     y: torch.Tensor  # (N,) int64
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.uint8 or self.x.ndim != 4 or tuple(self.x.shape[1:]) != self.info.shape:
-            raise ValueError(f"images must be uint8 (N, *{self.info.shape}), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.x.dtype not in (torch.uint8, torch.float32) or self.x.ndim != 4 or self.x.shape[1:] != self.info.shape:
+            raise ValueError(
+                f"images must be uint8 or float32 (N, *{self.info.shape}), got {self.x.dtype} {tuple(self.x.shape)}"
+            )
         if self.y.shape != (len(self.x),):
             raise ValueError(f"labels must have shape ({len(self.x)},), got {tuple(self.y.shape)}")
 
@@ -108,8 +118,11 @@ class ImageSet:
         return ImageSet(self.info, self.split, self.x[index], self.y[index])
 
     def images(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """A new float32 (n, C, H, W) tensor in [0, 1], never a view of `x`: callers may change it in place."""
         x = self.x if index is None else self.x[index]
-        return x.float().div_(255)  # (n, C, H, W) in [0, 1]
+        if x.dtype == torch.uint8:
+            return x.float().div_(255)  # .float() already made a copy
+        return x.clone()  # a slice index gives a view of x
 
     def batches(
         self,

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from robustcnn.report.format import describe_point, format_eps, pct
+from robustcnn.results import chance_level
 
 DOCS = "docs/checks.md"
 TINY = 1e-9  # float slack: a Wilson bound of 0% comes out as 1e-17, and must not count as above 0%
@@ -303,6 +304,23 @@ def _very_large(row: Row, image_size: int | None) -> bool:
     return row["norm"] == "2" and image_size is not None and row["eps"] >= 0.5 * math.sqrt(image_size)
 
 
+def clean_above_chance(results: Results, model: str, num_classes: int | None = None) -> Check:
+    """Clean accuracy at chance level: wrong normalisation or input range, or labels in another order."""
+    name = "clean-accuracy"
+    clean = [r for r in _rows(results, model) if r["kind"] == "clean"]
+    if not clean or not num_classes or num_classes < 2:
+        return _check(name, Status.SKIP, "no clean row or no class count for this model", model)
+    chance, floor = chance_level(num_classes)
+    accuracy = clean[0]["accuracy"]
+    if accuracy < floor:
+        message = (
+            f"clean accuracy {pct(clean[0], ci=True)} is at chance level ({pct(chance)} for {num_classes} classes): "
+            "is the normalisation right (--normalize, --input-range)? robust accuracy of such a model means nothing"
+        )
+        return _check(name, Status.WARN, message, model)
+    return _check(name, Status.PASS, f"clean accuracy {pct(clean[0])} is above chance ({pct(chance)})", model)
+
+
 def catastrophic_overfitting(metrics: Any, model: str, method: str = "", attacked_epoch: int | None = None) -> Check:
     """FGSM training can collapse: val PGD accuracy falls to ~0 while val FGSM accuracy stays high."""
     name = "catastrophic-overfitting"
@@ -354,6 +372,7 @@ RESULT_CHECKS: dict[str, Callable[[Results, str], Check]] = {
     "black-box-vs-white-box": black_box_not_stronger,
 }  # the checks that need only the results table, by name
 TITLES = {
+    "clean-accuracy": "clean accuracy is above chance level",
     "robust-le-clean": "robust accuracy is at most clean accuracy",
     "monotone-eps": "accuracy does not rise with eps",
     "iterative-vs-single-step": "iterative attacks are at least as strong as FGSM",
@@ -370,6 +389,7 @@ def run_checks(results: pd.DataFrame, models: dict[str, dict[str, Any]]) -> list
     records = results.to_dict("records")
     checks = []
     for model, entry in models.items():
+        checks.append(_guarded("clean-accuracy", model, clean_above_chance, records, model, _class_count(entry)))
         for name, check in RESULT_CHECKS.items():
             checks.append(_guarded(name, model, check, records, model))
         checks.append(_guarded("large-eps", model, large_eps_near_zero, records, model, _image_size(entry)))
@@ -394,6 +414,11 @@ def _image_size(entry: dict[str, Any]) -> int | None:
     if isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape):
         return math.prod(shape)
     return None
+
+
+def _class_count(entry: dict[str, Any]) -> int | None:
+    names = entry.get("class_names")
+    return len(names) if isinstance(names, list) else None
 
 
 def _attacked_epoch(entry: dict[str, Any]) -> int | None:

@@ -256,7 +256,8 @@ def _model_row(data: SweepData, model: str) -> dict[str, str]:
         "sha256": _plain(entry.get("sha256") or rows["checkpoint_sha256"]),
         "dataset": _plain(dataset.get("name", dataset) if isinstance(dataset, dict) else dataset),
         "arch": _plain(entry.get("arch", rows["arch"])),
-        "method": _plain(entry.get("method", rows["train_method"])),
+        "method": _plain(entry.get("method", rows["train_method"]) or "-"),
+        "preprocessing": _plain(entry.get("preprocessing_label") or rows.get("preprocessing") or "-"),
         "threat": _plain(threat or "-"),
     }
 

@@ -1,4 +1,4 @@
-"""python -m robustcnn.sweep RUN_DIR... --suite quick --out reports/x: parse, call `sweep`, print a summary."""
+"""python -m robustcnn.sweep MODEL... --suite quick --out reports/x: parse, call `sweep`, print a summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from robustcnn.cli import run_main
 from robustcnn.config import add_arguments, given_arguments
 from robustcnn.errors import EXIT_INTERRUPTED, EXIT_OK
 
+MODEL_HELP = (
+    "a run directory (made by python -m robustcnn.train), FILE.py:BUILDER, package.module:BUILDER, "
+    "torchvision:NAME, timm:NAME, FILE.pt2 (torch.export) or FILE.onnx; SPEC@key=value@... sets the per-model "
+    "options below for that model alone (e.g. nets.py:build@weights=nets.pt@normalize=dataset)"
+)
+
 
 def parser() -> argparse.ArgumentParser:
     from robustcnn.attacks import attack_names
@@ -18,12 +24,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m robustcnn.sweep",
         description=(
-            "Attack trained models over a range of epsilons through ART; writes results.csv and report.html. "
+            "Attack models over a range of epsilons through ART; writes results.csv and report.html. "
             f"Suites: {', '.join(suite_names())}. Attacks: {', '.join(attack_names())}."
         ),
         epilog="Example: python -m robustcnn.sweep runs/mnist-std runs/mnist-adv --suite quick --out reports/mnist",
+        allow_abbrev=False,
     )
-    p.add_argument("models", nargs="+", metavar="RUN_DIR", help="run directories made by python -m robustcnn.train")
+    p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
     add_arguments(p, SweepConfig)
     p.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip report.html")
     p.add_argument(
@@ -33,20 +40,53 @@ def parser() -> argparse.ArgumentParser:
         metavar="ATTACK@EPS=ACC",
         help="exit 1 if a model's accuracy under ATTACK at EPS is below ACC (repeatable), e.g. pgd-linf@0.3=0.8",
     )
+    _add_model_arguments(p.add_argument_group("per-model options (for every MODEL; SPEC@key=value for one)"))
     return p
+
+
+def _add_model_arguments(group) -> None:
+    group.add_argument("--name", help="model id in the results (default: the run directory or the spec)")
+    group.add_argument(
+        "--weights",
+        help="best or last: which checkpoint of a run directory (default best); a file (.safetensors, .pt, .pth, "
+        "a state dict; never unpickled) for builder, torchvision and timm specs",
+    )
+    group.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument for the builder (repeatable; VALUE parsed as JSON, else a string), e.g. num_classes=10",
+    )
+    group.add_argument(
+        "--normalize",
+        help="what the model does to pixels: none (default: it takes [0, 1]), dataset (the dataset's mean/std), "
+        "imagenet, or MEAN,STD (one each, or one per channel)",
+    )
+    group.add_argument("--input-range", help="pixel range the model expects: 0-1 (default) or 0-255")
+    group.add_argument("--output-index", help="the element of a tuple output that holds the logits")
+    group.add_argument("--output-key", help="the key (or attribute) of a dict output that holds the logits")
+
+
+MODEL_FLAGS = ("name", "weights", "model_arg", "normalize", "input_range", "output_index", "output_key")
 
 
 def main(argv: list[str]) -> int:
     from robustcnn.sweep import GateFailed, SweepConfig, sweep
+    from robustcnn.sweep.subjects import models_from_command_line
 
     args = parser().parse_args(argv)
     given = given_arguments(args, SweepConfig)
+    given.pop("weights", None)  # a per-model flag: best|last goes back below, a file goes to the models
     if "fail_under" in given:
         given["fail_under"] = tuple(given["fail_under"])
+    flags = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    if flags.get("weights") in ("best", "last"):
+        given["weights"] = flags.pop("weights")
     with_report = given.pop("report", True)
     out = given.get("out", SweepConfig.out)
+    models = models_from_command_line(args.models, flags)
     try:
-        sweep(args.models, **given, report=False)  # the report is written here so its summary can be printed
+        sweep(models, **given, report=False)  # the report is written here so its summary can be printed
     except GateFailed:
         _summarise(out, with_report)
         raise

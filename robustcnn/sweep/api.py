@@ -39,13 +39,17 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
-def sweep(models: list[Any], config: SweepConfig | None = None, **overrides: Any) -> pd.DataFrame:
-    """Attacks each model (run directories or `Run`s) with every attack of the suite at every eps.
+def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> pd.DataFrame:
+    """Attacks each model with every attack of the suite at every eps.
 
-    `robustcnn.sweep(["runs/mnist-adv"], suite="standard", n=1000, out="reports/mnist")`. Without `out`
-    the results go to a temporary folder and no report is written. Raises `GateFailed` when a
-    `fail_under` gate is not met (after everything is written).
+    `robustcnn.sweep(["runs/mnist-adv", my_module, "nets.py:build@weights=nets.pt"], dataset="mnist5k")`:
+    a model is a run directory (path or `Run`), an `nn.Module`, a spec string, or a `robustcnn.Model`
+    saying more about one (name, weights, normalisation, input range, which output). Without `out` the
+    results go to a temporary folder and no report is written. Raises `GateFailed` when a `fail_under`
+    gate is not met (after everything is written).
     """
+    if not isinstance(models, (list, tuple)):
+        models = [models]
     if config is None:
         temporary = "out" not in overrides
         if temporary:
@@ -56,11 +60,11 @@ def sweep(models: list[Any], config: SweepConfig | None = None, **overrides: Any
         config = config.replace(**{k: getattr(parsed, k) for k in overrides})
     suite = load_suite(config.suite)
     gates = [parse_gate(text) for text in config.fail_under]
-    out = prepare_out(Path(config.out))
     device = resolve_device(config.device)
     subjects = load_subjects(list(models), config, suite.n, device)
     grids = plan_grids(subjects, suite)
     check_gates_cover(gates, _gate_targets(grids, suite))
+    out = prepare_out(Path(config.out))  # after every check: a refused model or suite leaves --out untouched
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()
     say(f"sweeping {len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}) on {device} -> {out}")

@@ -22,7 +22,7 @@ class SweepConfig:
     seed: int = option(0, "seed for the image subset and the attacks' random starts", COUNT)
     device: str = option("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     batch_size: int | None = option(None, "examples per ART call; default 1024 on a GPU, 128 on a CPU (cache)", INT)
-    weights: str = option("best", "which weights of each run: best or last", _weights)
+    weights: str = option("best", "which checkpoint of each run directory: best or last", _weights, flag=False)
     dataset: str | None = option(None, "evaluate on this dataset instead of each model's own (same image shape)")
     data_dir: str | None = option(None, "where downloadable datasets live; default ~/.cache/robustcnn/data")
     download: bool = option(False, "download the dataset if its files are missing (needs internet)", BOOL)

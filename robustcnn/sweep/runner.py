@@ -8,9 +8,11 @@ robustness claim needs. `naive=True` attacks every correctly classified example 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +26,7 @@ import torch
 from robustcnn.console import progress, say
 from robustcnn.errors import UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, file_stem, wilson_interval
+from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, chance_level, file_stem, wilson_interval
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.model_checks import model_checks
 from robustcnn.sweep.store import Cell, CellStore, cell_key
@@ -98,6 +100,7 @@ class Sweep:
         self._record_model_checks(subject)
         x, y = subject.data.images().numpy(), subject.data.y.numpy()
         correct = self._clean(subject, x, y)
+        _hint_if_chance(subject, correct)
         for spec in self.suite.attacks:
             attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
             if spec.is_patch:
@@ -110,21 +113,23 @@ class Sweep:
             self._gallery(subject, x, y, correct)
 
     # --- cells ---------------------------------------------------------------------------------
-    def _identity(self, subject: Subject, **parts: Any) -> dict[str, Any]:
-        return {
-            "model": subject.sha256,
-            "dataset": subject.info.name,
-            "subset": subject.subset_hash,
-            "seed": self.config.seed,
-            **parts,
-        }
+    def _keys(self, subject: Subject, **parts: Any) -> tuple[str, int]:
+        """The cell's cache key and its random seed.
 
-    def _cached_or_compute(self, slot: tuple[str, str], key: str, compute) -> Cell:
+        The key hashes everything the result depends on. The seed leaves the model out: the same attack
+        gets the same random starts on every model, so identical weights loaded two ways (a run directory
+        and a builder) give identical rows, and models are compared on common random numbers.
+        """
+        common = {"dataset": subject.info.name, "subset": subject.subset_hash, "seed": self.config.seed, **parts}
+        key = cell_key({"model": subject.card.key, **common})
+        return key, self.config.seed * 1_000_003 + int(cell_key(common)[:8], 16)
+
+    def _cached_or_compute(self, slot: tuple[str, str], key: str, seed: int, compute) -> Cell:
         """The cell from disk if a matching one is there, else computed, saved and added to results.csv."""
         cell = self.store.load(key)
         if cell is None:
             self.bar.set_postfix_str(" ".join(slot), refresh=True)
-            seed_all(self.config.seed * 1_000_003 + int(key[:8], 16))  # per cell: order and resume do not matter
+            seed_all(seed)  # per cell: order and resume do not matter
             started = time.perf_counter()
             cell = compute()
             seconds = round(time.perf_counter() - started, 3)
@@ -139,20 +144,20 @@ class Sweep:
         return cell
 
     def _clean(self, subject: Subject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        key = cell_key(self._identity(subject, cell="clean"))
+        key, seed = self._keys(subject, cell="clean")
 
         def compute() -> Cell:
             correct = predict(subject, x) == y
             return Cell([self._row(subject, None, "clean", correct, key, eps=0.0)], correct[None], {})
 
-        return self._cached_or_compute((subject.id, "clean"), key, compute).flags[0]
+        return self._cached_or_compute((subject.id, "clean"), key, seed, compute).flags[0]
 
     def _bounded(self, subject, spec: AttackSpec, attack, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]
         survivors = correct
         for i, eps in enumerate(grid):
             mode = {"mode": "naive"} if self.config.naive else {"mode": "nested", "prior": list(grid[:i])}
-            key = cell_key(self._identity(subject, attack=spec.describe(), eps=eps, **mode))
+            key, seed = self._keys(subject, attack=spec.describe(), eps=eps, **mode)
             todo = correct if self.config.naive else survivors
 
             def compute(eps=eps, todo=todo, key=key) -> Cell:
@@ -166,11 +171,11 @@ class Sweep:
                     robust[index] = predict(subject, x_adv) == y[index]
                 return Cell([self._row(subject, spec, "attack", robust, key, eps=eps)], robust[None], {})
 
-            survivors = self._cached_or_compute((subject.id, spec.name), key, compute).flags[0]
+            survivors = self._cached_or_compute((subject.id, spec.name), key, seed, compute).flags[0]
 
     def _minimal(self, subject, spec: AttackSpec, attack, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]
-        key = cell_key(self._identity(subject, attack=spec.describe(), grid=list(grid)))
+        key, seed = self._keys(subject, attack=spec.describe(), grid=list(grid))
 
         def compute() -> Cell:
             index = np.flatnonzero(correct)
@@ -185,11 +190,11 @@ class Sweep:
             rows = [self._row(subject, spec, "attack", f, key, eps=eps) for f, eps in zip(flags, grid, strict=True)]
             return Cell(rows, flags, {"distance": distance})
 
-        self._cached_or_compute((subject.id, spec.name), key, compute)
+        self._cached_or_compute((subject.id, spec.name), key, seed, compute)
 
     def _patch(self, subject, spec: AttackSpec, attack, x, y) -> None:
         scales = self.grids[subject.id][spec.name]
-        key = cell_key(self._identity(subject, attack=spec.describe(), scales=list(scales)))
+        key, seed = self._keys(subject, attack=spec.describe(), scales=list(scales))
 
         def compute() -> Cell:
             x_train, y_train = self._patch_training_images(subject, spec)
@@ -205,17 +210,26 @@ class Sweep:
                 flags.append(correct)
             return Cell(rows, np.stack(flags), {"patch": patch.astype(np.float32)})
 
-        cell = self._cached_or_compute((subject.id, spec.name), key, compute)
+        cell = self._cached_or_compute((subject.id, spec.name), key, seed, compute)
         self._save_patch_png(subject, spec, cell.extra["patch"])
 
     def _patch_training_images(self, subject: Subject, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray]:
         """The patch is optimised on training images so the test images it is judged on stay unseen."""
         from robustcnn.data import load_dataset
 
-        train = load_dataset(subject.info.name, "train", self.config.data_dir, self.config.download)
-        count = min(spec.params.train_images, len(train))
-        index = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.config.seed))[:count]
-        part = train.subset(index)
+        if subject.info.has_train:
+            pool = load_dataset(subject.info.name, "train", self.config.data_dir, self.config.download)
+        else:  # test data only (npz without x_train): the test images this sweep does not judge
+            pool = load_dataset(subject.info.name, "test", self.config.data_dir, self.config.download)
+            pool = pool.subset(np.setdiff1d(np.arange(len(pool)), subject.subset))
+            if not len(pool):
+                raise UsageError(
+                    f"{subject.info.name} has no training images and --n takes every test image: the patch needs "
+                    "images it is not judged on; lower --n, or add x_train / y_train to the file"
+                )
+        count = min(spec.params.train_images, len(pool))
+        index = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.config.seed))[:count]
+        part = pool.subset(index)
         return part.images().numpy(), part.y.numpy()
 
     def _save_patch_png(self, subject: Subject, spec: AttackSpec, patch: np.ndarray) -> None:
@@ -234,13 +248,13 @@ class Sweep:
     def _row(self, subject: Subject, spec: AttackSpec | None, kind: str, flags: np.ndarray, key: str, **values) -> dict:
         n, n_correct = len(flags), int(flags.sum())
         low, high = wilson_interval(n_correct, n)
-        run_meta = subject.run.meta
         row = {
             "model": subject.id,
             "checkpoint_sha256": subject.sha256,
             "dataset": subject.info.name,
-            "arch": run_meta["model"]["arch"],
-            "train_method": run_meta.get("method", ""),
+            "arch": subject.card.arch,
+            "train_method": subject.card.method,
+            "preprocessing": subject.card.preprocessing,
             "kind": kind,
             "attack": spec.name if spec else kind,
             "attack_type": spec.type if spec else "",
@@ -310,7 +324,7 @@ class Sweep:
     def _record_model_checks(self, subject: Subject) -> None:
         x = subject.data.images(slice(0, 64)).to(subject.target.device)
         y = subject.data.y[:64].to(subject.target.device)
-        checks = model_checks(subject.model, x, y)
+        checks = model_checks(subject.model, x, y) + subject.checks
         self._model_entry(subject)["model_checks"] = checks
         for check in checks:
             if check["status"] != "pass":
@@ -381,28 +395,20 @@ class Sweep:
             "git_sha": git_sha(),
             "machine": machine(),
             "started": _now(),
+            "repeat": repeat_command(self.config, self.subjects),
             "models": [self._describe(s) for s in self.subjects],
         }
 
     def _describe(self, subject: Subject) -> dict[str, Any]:
-        meta = subject.run.meta
         return {
             "id": subject.id,
-            "path": str(subject.run.path),
-            "weights": self.config.weights,
-            "epoch": subject.run.weights_epoch(self.config.weights),
-            "sha256": subject.sha256,
+            **subject.card.entry,
+            "preprocessing_label": subject.card.preprocessing,
             "dataset": subject.info.name,
-            "trained_on": meta["dataset"]["name"],
-            "arch": meta["model"]["arch"],
-            "method": meta.get("method", ""),
-            "trained_against": meta.get("threat_model"),
             "threat_model": subject.info.threat_model.to_dict(),
             "class_names": list(subject.info.class_names),
             "shape": list(subject.info.shape),
             "n": len(subject.subset),
-            "training_metrics": meta.get("metrics", []),
-            "training_final": meta.get("final", {}),
             "grids": {name: list(grid) for name, grid in self.grids[subject.id].items()},
         }
 
@@ -417,6 +423,35 @@ class Sweep:
 
     def write_manifest_start(self) -> None:
         write_json(self.out / MANIFEST_FILE, self.manifest)
+
+
+def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
+    """The command line that runs this sweep again (None when a model was a Python object, not a spec)."""
+    specs = [subject.card.entry.get("repeat_spec") for subject in subjects]
+    if None in specs:
+        return None
+    words = ["python", "-m", "robustcnn.sweep", *specs]
+    for option in dataclasses.fields(SweepConfig):
+        value = getattr(config, option.name)
+        flag = "--" + option.name.replace("_", "-")
+        if option.name == "weights" or value == option.default:
+            continue  # each run directory's spec says its weights
+        if option.name == "report":
+            words.append("--no-report")
+        elif option.name == "fail_under":
+            words += [w for gate in value for w in ("--fail-under", gate)]
+        else:
+            words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
+def _hint_if_chance(subject: Subject, correct: np.ndarray) -> None:
+    chance, floor = chance_level(subject.info.num_classes)
+    if len(correct) and correct.mean() < floor:
+        say(
+            f"{subject.id}: clean accuracy {correct.mean():.1%} is at chance level ({chance:.1%}): is the "
+            f"normalisation right? (preprocessing: {subject.card.preprocessing}; see --normalize, --input-range)"
+        )
 
 
 def worst_case_name(norm: str) -> str:

@@ -1,34 +1,65 @@
-"""The models a sweep attacks, each with its test subset and ART wrapper, checked before any attack runs."""
+"""The models a sweep attacks, each with its test subset and ART wrapper, checked before any attack runs.
+
+A model is a run directory written by `robustcnn.train`, or anything `robustcnn.Model` describes (a
+builder, torchvision / timm by name, a .pt2 or .onnx file, an nn.Module). Both end up as a `Subject`
+whose module takes [0, 1] pixels and returns logits; only the card (what the rows and the manifest say
+about the model) differs.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from robustcnn.attacks import Target
 from robustcnn.attacks.art import art_classifier
+from robustcnn.console import say
 from robustcnn.data import DatasetInfo, ImageSet, dataset_info, load_dataset
 from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
-from robustcnn.models import Normalized
+from robustcnn.fileio import sha256_file
+from robustcnn.models.external import SPEC_FORMS, Model, build_external, loader_for, parse_spec
 from robustcnn.runs import Run, load_run
 from robustcnn.sweep.config import SweepConfig
+from robustcnn.sweep.model_checks import require_fit, result
+
+IN_MODEL = "in-model"  # the preprocessing column of robustcnn's own models: they normalise inside
+
+
+@dataclass(frozen=True)
+class Card:
+    """What the results and the manifest say about a model, whatever its origin."""
+
+    sha256: str  # of the weights attacked: the checkpoint file of a run, the loaded parameters otherwise
+    key: str  # what cached cells are keyed on: the weights and everything else that changes the outputs
+    arch: str  # architecture name, or the spec of a model from elsewhere
+    method: str  # training method when robustcnn trained the model, else ""
+    preprocessing: str  # results.csv's column: "in-model", or what was applied (e.g. "imagenet range=0-255")
+    entry: dict[str, Any]  # the manifest's fields for this model
+    run: Run | None = None
 
 
 @dataclass
 class Subject:
-    id: str  # unique name in this sweep (the run directory's name)
-    run: Run
-    sha256: str  # of the weights attacked
-    model: Normalized  # eval mode, on the sweep's device
+    id: str  # unique name in this sweep
+    card: Card
+    model: nn.Module  # eval mode, on the sweep's device: [0, 1] pixels in, logits out
     info: DatasetInfo  # the dataset evaluated on
     data: ImageSet  # the n test images
     subset: np.ndarray  # their indices in the test split
     target: Target
+    checks: list[dict[str, Any]] = field(default_factory=list)  # said about the model before any attack
+
+    @property
+    def sha256(self) -> str:
+        return self.card.sha256
 
     @property
     def subset_hash(self) -> str:
@@ -40,11 +71,67 @@ def default_batch_size(device: torch.device) -> int:
     return 1024 if device.type == "cuda" else 128
 
 
-def unique_ids(paths: list[Path]) -> list[str]:
-    names = [p.name or str(p) for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+def as_model(item: Any) -> Model:
+    """What `sweep` accepts in its list: a Model, an nn.Module, a Run, or a path / spec (with @key=value)."""
+    if isinstance(item, Model):
+        return item
+    if isinstance(item, (nn.Module, Run)):
+        return Model(item)
+    return parse_spec(str(item))
+
+
+def models_from_command_line(specs: list[str], flags: dict[str, Any]) -> list[Model]:
+    """Each MODEL with the per-model flags that fit it: run directories take only --name and --weights best|last
+    (given to the config instead); builders, torchvision, timm, .pt2 and .onnx take the rest."""
+    flags = {("model_args" if k == "model_arg" else k): v for k, v in flags.items()}
+    models = []
+    for text in specs:
+        bare = parse_spec(text)
+        fitting = {k: v for k, v in flags.items() if k == "name"} if is_run(bare) else flags
+        models.append(parse_spec(text, fitting))
+    if "weights" in flags and all(is_run(m) for m in models):
+        raise UsageError(
+            f"--weights {flags['weights']!r} is not allowed: choose one of: best, last (a weights file is for "
+            "builder, torchvision and timm models)"
+        )
+    return models
+
+
+def is_run(model: Model) -> bool:
+    if isinstance(model.source, Run):
+        return True
+    if isinstance(model.source, nn.Module):
+        return False
+    try:
+        loader_for(str(model.source))
+    except UsageError:
+        return True  # not a spec of any other kind: a run directory, or an error naming every form
+    return False
+
+
+def unique_ids(models: list) -> list[str]:
+    """Given names, else run directory names (with their parent when two share a name), else the spec."""
+    models = [as_model(m) for m in models]
+    paths = [_run_path(m) if is_run(m) else None for m in models]
+    names = [p.name or str(p) if p is not None else _default_name(m) for m, p in zip(models, paths, strict=True)]
+    ids = []
+    for model, path, name in zip(models, paths, names, strict=True):
+        clash = path is not None and names.count(name) > 1
+        ids.append(model.name or (f"{path.parent.name}/{path.name}" if clash else name))
+    duplicate = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicate:
+        raise UsageError(f"two models are called {duplicate!r}; name them apart with @name=... (or Model(name=...))")
+    return ids
+
+
+def _run_path(model: Model) -> Path:
+    return model.source.path if isinstance(model.source, Run) else Path(str(model.source))
+
+
+def _default_name(model: Model) -> str:
+    if isinstance(model.source, nn.Module):
+        return type(model.source).__name__
+    return Path(str(model.source)).name
 
 
 def test_subset(size: int, n: int, seed: int, dataset: str) -> np.ndarray:
@@ -55,41 +142,141 @@ def test_subset(size: int, n: int, seed: int, dataset: str) -> np.ndarray:
 
 
 def load_subjects(models: list, config: SweepConfig, n_default: int | None, device: torch.device) -> list[Subject]:
-    runs = [m if isinstance(m, Run) else load_run(m) for m in models]
-    if not runs:
-        raise UsageError("no models given; pass one or more run directories (made by python -m robustcnn.train)")
-    ids = unique_ids([r.path for r in runs])
-    duplicate = next((i for i in ids if ids.count(i) > 1), None)
-    if duplicate:
-        raise UsageError(f"run directory {duplicate!r} is given twice")
+    if not models:
+        raise UsageError(f"no models given; pass one or more models: {SPEC_FORMS}")
+    models = [as_model(m) for m in models]
+    ids = unique_ids(models)
     batch_size = config.batch_size or default_batch_size(device)
-    return [_subject(run, name, config, n_default, device, batch_size) for run, name in zip(runs, ids, strict=True)]
+    subjects = []
+    for model, name in zip(models, ids, strict=True):
+        subject = _subject(model, name, config, n_default, device, batch_size)
+        for note in subject.card.entry.get("notes", []):
+            say(f"{name}: {note}")
+        subjects.append(subject)
+    return subjects
 
 
-def _subject(run: Run, name: str, config: SweepConfig, n_default, device, batch_size: int) -> Subject:
-    model_info = run.dataset
-    dataset = config.dataset or run.meta["config"]["dataset"]
+def _subject(model: Model, name: str, config: SweepConfig, n_default, device, batch_size: int) -> Subject:
+    if is_run(model):
+        card, module, info = _from_run(model, name, config)
+    else:
+        dataset = model.dataset or config.dataset
+        if dataset is None:
+            spec = f" ({model.spec})" if model.spec != name else ""
+            raise UsageError(f"model {name!r}{spec} does not say which data it takes: pass --dataset NAME")
+        info = dataset_info(dataset, config.data_dir, config.download)
+        card, module = _from_elsewhere(model, info, config.download)
+    dataset = info.name
+    test = load_dataset(dataset, "test", config.data_dir, config.download)
+    subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
+    data = test.subset(subset)
+    module = fast_layout(module.to(device).eval(), device).requires_grad_(False)  # input gradients only
+    probe = data.images(slice(0, 64)).to(device)  # (<=64, C, H, W) in [0, 1]
+    require_fit(module, probe, info, name)
+    checks = _verify(card, module, probe, name)
+    classifier = art_classifier(module, info.shape, info.num_classes, device)
+    target = Target(classifier, module, device, batch_size, info.num_classes)
+    return Subject(name, card, module, info, data, subset, target, checks)
+
+
+def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Module, DatasetInfo]:
+    inapplicable = sorted(set(model.given()) - {"name", "dataset", "weights"})
+    if inapplicable:
+        raise UsageError(
+            f"run directory {name!r} normalises inside its model: {', '.join(inapplicable)} is for other models only"
+        )
+    run = model.source if isinstance(model.source, Run) else _load_run(str(model.source))
+    which = model.weights or config.weights
+    if which not in ("best", "last"):
+        raise UsageError(f"run directory {name!r} takes --weights best or last, not {which!r}")
+    dataset = model.dataset or config.dataset or run.meta["config"]["dataset"]
     info = dataset_info(dataset, config.data_dir, config.download)
+    _require_same_shape(name, run.dataset, info, dataset)
+    module = run.model(which)  # before the hash: a missing or corrupt checkpoint is one clear error
+    sha256 = sha256_file(run.weights_path(which))
+    meta = run.meta
+    entry = {
+        "kind": "run",
+        "path": str(run.path),
+        "repeat_spec": Model(str(run.path), name=model.name, weights=which, dataset=model.dataset).to_spec(),
+        "weights": which,
+        "epoch": run.weights_epoch(which),
+        "sha256": sha256,
+        "trained_on": meta["dataset"]["name"],
+        "arch": meta["model"]["arch"],
+        "method": meta.get("method", ""),
+        "trained_against": meta.get("threat_model"),
+        "training_metrics": meta.get("metrics", []),
+        "training_final": meta.get("final", {}),
+    }
+    card = Card(sha256, sha256, meta["model"]["arch"], meta.get("method", ""), IN_MODEL, entry, run)
+    return card, module, info
+
+
+def _load_run(path: str) -> Run:
+    if not Path(path).exists():
+        raise UsageError(f"run directory {path!r} does not exist; a model is {SPEC_FORMS}")
+    if Path(path).is_file():
+        raise UsageError(f"{path!r} is a file, not a run directory; a model is {SPEC_FORMS}")
+    return load_run(path)
+
+
+def _from_elsewhere(model: Model, info: DatasetInfo, download: bool) -> tuple[Card, nn.Module]:
+    channels = info.shape[0]
+    external = build_external(model, channels, info.num_classes, info.mean, info.std, download)
+    key = hashlib.sha256(json.dumps(external.identity, sort_keys=True, default=str).encode()).hexdigest()
+    preprocessing = external.module.preprocessing.describe()
+    entry = {
+        **external.entry,
+        "path": model.spec,
+        "sha256": external.weights_sha256,
+        "arch": external.arch,
+        "method": "",
+        "trained_on": None,
+        "trained_against": None,
+    }
+    card = Card(external.weights_sha256, key, external.arch, "", preprocessing, entry)
+    return card, external.module
+
+
+def _verify(card: Card, module: nn.Module, probe: torch.Tensor, name: str) -> list[dict[str, Any]]:
+    """Checks that need the data: an ONNX conversion against onnxruntime; a module handed over in train mode."""
+    checks = []
+    if card.entry.get("kind") == "onnx":
+        from robustcnn.models.external.onnx import check_against_onnxruntime
+
+        gap = check_against_onnxruntime(Path(card.entry["spec"]), module.net, module.prepare(probe))
+        card.entry["onnxruntime_max_difference"] = gap
+        message = (
+            "onnxruntime is not installed: the conversion was not compared"
+            if gap is None
+            else (f"converted module matches onnxruntime (max logit difference {gap:.2g})")
+        )
+        checks.append(_check("onnx-conversion", "pass" if gap is not None else "warn", message))
+    if card.entry.get("was_training"):
+        checks.append(
+            _check(
+                "eval-mode",
+                "warn",
+                "the module was handed over in train mode; it was evaluated in eval mode (dropout off, BatchNorm "
+                "running statistics), as attacks must be",
+            )
+        )
+    return checks
+
+
+def _check(name: str, status: str, message: str) -> dict[str, Any]:
+    return result(name, status, message, name)
+
+
+def _require_same_shape(name: str, model_info: DatasetInfo, info: DatasetInfo, dataset: str) -> None:
     if (info.shape, info.num_classes) != (model_info.shape, model_info.num_classes):
         raise UsageError(
             f"model {name!r} takes {_describe(model_info)} but dataset {dataset!r} has {_describe(info)}; "
             "pick a dataset of the same shape with --dataset"
         )
-    test = load_dataset(dataset, "test", config.data_dir, config.download)
-    subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
-    weights = run.weights_path(config.weights)
-    model = fast_layout(run.model(config.weights, device), device).requires_grad_(False)  # input gradients only
-    classifier = art_classifier(model, info.shape, info.num_classes, device)
-    target = Target(classifier, model, device, batch_size, info.num_classes)
-    return Subject(name, run, _sha256(weights), model, info, test.subset(subset), subset, target)
 
 
 def _describe(info: DatasetInfo) -> str:
     channels, height, width = info.shape
     return f"{channels}x{height}x{width} images in {info.num_classes} classes"
-
-
-def _sha256(path: Path) -> str:
-    from robustcnn.fileio import sha256_file
-
-    return sha256_file(path)
