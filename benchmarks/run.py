@@ -22,7 +22,7 @@ from robustcnn.config import BOOL, COUNT, INT, add_arguments, from_mapping, give
 from robustcnn.errors import EXIT_OK, UsageError
 from robustcnn.fileio import write_json
 
-SECTIONS = ("sweep", "attack", "external", "train", "data", "report")
+SECTIONS = ("sweep", "attack", "autoattack", "external", "train", "data", "report")
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
 
 
@@ -40,6 +40,8 @@ class BenchConfig:
     repeats: int = option(3, "interleaved rounds per figure; each figure is their median", INT)
     attack_repeats: int = option(15, "rounds of the attack section (one call takes about a second)", INT)
     n: int = option(1000, "test images per model in the sweep section", INT)
+    aa_n: int = option(100, "test images in the autoattack section (ART's AutoAttack: ~5 s per image on 2 cores)", INT)
+    aa_baselines: bool = option(True, "time ART's and torchattacks' AutoAttack beside ours", flag=False)
     pgd_steps: int | None = option(None, "PGD steps in the sweep and attack sections; default 40 (standard.toml)", INT)
     attack_batch: int | None = option(None, "images in the single PGD call; default: the sweep's batch size", INT)
     train_size: int | None = option(None, "training images per epoch; default: all of the train split", INT)
@@ -69,6 +71,8 @@ QUICK = {
     "report_models": 2,
     "report_cli": False,
     "warmup": False,
+    "aa_n": 6,
+    "aa_baselines": False,
 }
 
 
@@ -115,6 +119,11 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import attack_limit
 
         return attack_limit.measure(paths[-1], config.attack_batch or batch, steps, device, config.attack_repeats)
+    if section == "autoattack":
+        from benchmarks import autoattack_compare
+
+        repeats = 1 if config.aa_baselines else config.repeats  # ART's AutoAttack alone takes minutes a round
+        return autoattack_compare.measure(paths, config.aa_n, device, repeats, config.aa_baselines, config.seed)
     if section == "external":
         from benchmarks import external_speed
 
@@ -135,7 +144,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "attack", "external"} & set(config.only):
+    if not {"sweep", "attack", "autoattack", "external"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 

@@ -14,14 +14,19 @@ A sweep output directory holds:
     report.html, summary.md, checks.json    written by the report
 
 Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch scale), "worst-case"
-(per model, norm and eps: an example counts as robust only if it survived every attack of that norm at
-that eps; the attack column says "worst-case" for Linf and "worst-case-l2" for L2).
+(per model, norm and eps: an example counts as robust only if no attack of that norm broke it at any eps
+up to this one - balls nest; the attack column says "worst-case" for Linf and "worst-case-l2" for L2), and
+"probe" (a few examples, the first `probe` of the subset, attacked afresh at every eps by each white-box
+attack whether clean-correct or not, and their clean row; the checks read them, the headline does not).
+In a cascade suite each attack's rows count what it and every earlier attack of its norm left correct.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULTS_FILE = "results.csv"
 MANIFEST_FILE = "manifest.json"
@@ -55,6 +60,33 @@ COLUMNS = [
     "seed",  # sweep seed
     "cell",  # cache key: hash of model, attack config, eps, data subset, seed and mode
 ]
+
+
+@dataclass(frozen=True)
+class HeadlineEps:
+    """Which eps the headline reports for one model, decided once by the sweep (manifest, per model).
+
+    The report reads it and never guesses: `reference_eps` per norm is the suite's `reference_eps`, else the
+    dataset's threat model eps for its norm (its L2 eps for L2); `attack_eps` is, per attack and per worst
+    case, the grid eps closest to its norm's reference.
+    """
+
+    reference_eps: dict[str, float]  # norm ("inf", "2") -> eps in [0, 1] pixel units
+    attack_eps: dict[str, float]  # attack name, or "worst-case" / "worst-case-l2" -> the eps its column reads
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {"reference_eps": dict(self.reference_eps), "headline_eps": dict(self.attack_eps)}
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> HeadlineEps | None:
+        """From a manifest model entry; None for sweeps made before the sweep decided it."""
+        reference, at = entry.get("reference_eps"), entry.get("headline_eps")
+        if not isinstance(reference, dict) or not isinstance(at, dict):
+            return None
+        try:
+            return cls({str(k): float(v) for k, v in reference.items()}, {str(k): float(v) for k, v in at.items()})
+        except (TypeError, ValueError):
+            return None
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:

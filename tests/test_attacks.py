@@ -15,6 +15,7 @@ FAST_PARAMS = {
     "pgd": {"steps": 5},
     "apgd-ce": {"steps": 5},
     "apgd-dlr": {"steps": 5},
+    "apgd-t": {"steps": 5, "targets": 3},
     "square": {"queries": 30},
     "deepfool": {"steps": 10},
     "patch": {"iterations": 3, "train_images": 16},
@@ -43,10 +44,12 @@ def predict(model, x):
 
 
 def test_registry_has_the_documented_attacks():
-    assert attack_names() == ["apgd-ce", "apgd-dlr", "cw-l2", "deepfool", "fgsm", "patch", "pgd", "square"]
+    assert attack_names() == ["apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "deepfool", "fgsm", "patch", "pgd", "square"]
 
 
-BOUNDED = [(name, norm) for name in ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square") for norm in (Norm.LINF, Norm.L2)]
+BOUNDED = [
+    (name, norm) for name in ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square") for norm in (Norm.LINF, Norm.L2)
+]
 
 
 @pytest.mark.parametrize(("name", "norm"), BOUNDED, ids=[f"{n}-{m.label}" for n, m in BOUNDED])
@@ -95,3 +98,47 @@ def test_attacks_use_the_true_labels_not_the_predictions(setting):
     attack = build("fgsm", Norm.LINF, target)
     with_true, with_wrong = attack.generate(x, y, 0.1), attack.generate(x, wrong, 0.1)
     assert not np.allclose(with_true, with_wrong)
+
+
+class Bump(torch.nn.Module):
+    """One pixel, two classes: class 1 wins only for x in (0.5, 0.7). Sign-gradient steps of 0.2 from x = 0.45
+    land on 0.65 (misclassified) and back on 0.45 (correct), again and again: only earlier iterates break it."""
+
+    def forward(self, x):
+        bump = 1 - 100 * (x.flatten(1) - 0.6) ** 2  # (N, 1)
+        return torch.cat([torch.zeros_like(bump), bump], dim=1)
+
+
+@pytest.mark.parametrize("any_iterate", [True, False])
+def test_any_iterate_in_the_ball_breaks_an_example_the_last_iterate_misses(any_iterate):
+    model = Bump()
+    target = Target(art_classifier(model, (1, 1, 1), 2, torch.device("cpu")), model, torch.device("cpu"), 8, 2)
+    params = ATTACKS.get("pgd").parse_params(
+        {"steps": 4, "step_size": 0.4, "random_start": False, "any_iterate": any_iterate}, ""
+    )
+    x, y = np.full((3, 1, 1, 1), 0.45, dtype=np.float32), np.zeros(3, dtype=np.int64)
+    x_adv = ATTACKS.get("pgd")("pgd", Norm.LINF, params, target).generate(x, y, 0.5)
+    expected = 0.65 if any_iterate else 0.45  # iterates 0.45, 0.65, 0.45, 0.65; ART returns 0.45
+    np.testing.assert_allclose(x_adv.ravel(), expected, atol=1e-6)
+    assert (predict(model, x_adv) != y).all() == any_iterate
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-t"])
+def test_recorded_iterates_are_adversarial_and_in_the_ball(setting, name):
+    """On a real model: every example an earlier iterate broke is returned as an adversarial example in the
+    ball and the pixel range, and counting every iterate never leaves more examples correct."""
+    from robustcnn.attacks.art import IterateRecorder
+
+    model, target, x, y = setting
+    eps = 0.1
+    attack = build(name, Norm.LINF, target)
+    torch.manual_seed(0)
+    with IterateRecorder(model, x, y, eps, Norm.LINF.art) as recorder:
+        last = attack.run(x, y, eps)
+    assert recorder.found, "no iterate broke any example: the test would prove nothing"
+    for index, point in recorder.found.items():
+        point = point.reshape(x.shape[1:]).numpy()
+        assert np.abs(point - x[index]).max() <= eps + 1e-6 and point.min() >= 0 and point.max() <= 1
+        assert predict(model, point[None])[0] != y[index]
+    recorded = recorder.apply(last)
+    assert (predict(model, recorded) == y).sum() <= (predict(model, last) == y).sum()

@@ -28,6 +28,7 @@ def quick_output(tiny_runs, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a minute: every section, the autoattack-grade suite included (make test-all runs it)
 def test_quick_run_writes_every_section(quick_output):
     with open(quick_output / "benchmarks.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -39,6 +40,7 @@ def test_quick_run_writes_every_section(quick_output):
         assert (row["status"] == "-") == (row["target"] == "")
 
 
+@pytest.mark.slow
 def test_markdown_has_the_evidence_header_and_the_accuracy_table(quick_output):
     text = (quick_output / "benchmarks.md").read_text()
     machine = json.loads((quick_output / "machine.json").read_text())

@@ -126,7 +126,7 @@ def test_a_module_from_python_is_left_as_it_was(user, tmp_path):
     entry = manifest["models"][0]
     assert {c["name"]: c["status"] for c in entry["model_checks"]}["eval-mode"] == "warn"
     assert entry["was_training"] is True and manifest["repeat"] is None  # a Python object has no command line
-    assert set(results["kind"]) == {"clean", "attack", "worst-case"}
+    assert set(results["kind"]) == {"clean", "attack", "worst-case", "probe"}
 
 
 def test_batchnorm_statistics_do_not_change_during_a_sweep(user, tmp_path):

@@ -44,11 +44,15 @@ def test_too_small_images_are_refused_with_the_minimum():
         create_model(ModelConfig("resnet18", 1, 6, 6, 10, (0.5,), (0.5,)))
 
 
-def test_amp_forward_returns_float32_logits():
+def test_amp_forward_runs_in_bf16_and_returns_float32_logits():
     config = ModelConfig("smallcnn", 1, 28, 28, 10, (0.5,), (0.5,))
     model = create_model(config).eval()
+    seen = []
+    model.net[0][0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    model(torch.rand(2, 1, 28, 28))
     model.amp_dtype = torch.bfloat16
     logits = model(torch.rand(2, 1, 28, 28))
+    assert seen == [torch.float32, torch.bfloat16]  # the first convolution ran under autocast only when asked
     assert logits.dtype == torch.float32
 
 

@@ -6,9 +6,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # builds a wheel (make test-all runs it)
 def test_installed_wheel_finds_suites_by_name(tmp_path):
     subprocess.run(
         [
@@ -30,7 +32,7 @@ def test_installed_wheel_finds_suites_by_name(tmp_path):
     (wheel,) = tmp_path.glob("robustcnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {
-        f"robustcnn/suites/{s}.toml" for s in ("quick", "standard", "autoattack", "madry-mnist", "cifar10-linf")
+        f"robustcnn/suites/{s}.toml" for s in ("quick", "standard", "autoattack-grade", "madry-mnist", "cifar10-linf")
     } <= set(names)
     assert "robustcnn/report/templates/report.html.j2" in names
     site = tmp_path / "site"

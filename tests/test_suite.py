@@ -18,7 +18,7 @@ def write_suite(tmp_path, body: str):
 
 
 def test_every_shipped_suite_loads_and_resolves_for_mnist_and_cifar():
-    assert {"quick", "standard", "autoattack", "madry-mnist", "cifar10-linf"} <= set(suite_names())
+    assert {"quick", "standard", "autoattack-grade", "madry-mnist", "cifar10-linf"} <= set(suite_names())
     for name in suite_names():
         suite = load_suite(name)
         assert suite.description and suite.attacks
@@ -84,7 +84,7 @@ def test_bad_suites_are_one_clear_error_naming_the_file(tmp_path, body, message)
 
 
 def test_unknown_suite_name_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="unknown suite 'fast'; choose one of: autoattack, cifar10-linf"):
+    with pytest.raises(UsageError, match="unknown suite 'fast'; choose one of: autoattack-grade, cifar10-linf"):
         load_suite("fast")
 
 

@@ -12,7 +12,8 @@ import robustcnn
 from robustcnn.cli import run_main
 from robustcnn.results import COLUMNS, wilson_interval
 from robustcnn.sweep import __main__ as sweep_cli
-from robustcnn.sweep import runner
+from robustcnn.sweep import cells, runner
+from robustcnn.sweep.store import CellStore
 
 PGD_SUITE = """
 description = "test suite"
@@ -53,20 +54,21 @@ def naive_results(tiny_runs, tmp_path_factory):
 
 
 def accuracy(results, model, attack, eps):
-    rows = results[(results.model == model) & (results.attack == attack)]
+    rows = results[(results.model == model) & (results.attack == attack) & (results.kind != "probe")]
     return rows[np.isclose(rows.eps.astype(float), eps)].accuracy.item()
 
 
 def test_results_are_tidy_with_intervals_and_a_worst_case(naive_results):
     results, out = naive_results
     assert list(results.columns) == COLUMNS
-    assert set(results.kind) == {"clean", "attack", "worst-case"}
-    assert len(results) == 2 * (1 + 4 + 4 + 4)
+    assert set(results.kind) == {"clean", "attack", "worst-case", "probe"}
+    probes = results.kind == "probe"
+    assert (~probes).sum() == 2 * (1 + 4 + 4 + 4) and probes.sum() == 2 * (1 + 4 + 4)  # clean + 2 attacks x 4 eps
     csv = pd.read_csv(out / "results.csv")
-    assert len(csv) == len(results) and not csv.duplicated(["model", "attack", "eps"]).any()
+    assert len(csv) == len(results) and not csv.duplicated(["model", "kind", "attack", "eps"]).any()
     for _, row in results.iterrows():
         assert (row.ci_low, row.ci_high) == pytest.approx(wilson_interval(row.n_correct, row.n))
-        assert row.ci_low <= row.accuracy <= row.ci_high and row.n == 200
+        assert row.ci_low <= row.accuracy <= row.ci_high and row.n == (50 if row.kind == "probe" else 200)
     assert (results.checkpoint_sha256.str.len() == 64).all()
 
 
@@ -77,7 +79,7 @@ def test_adversarial_model_is_far_more_robust(naive_results):
 
 def test_accuracy_never_rises_with_eps(naive_results):
     results, _ = naive_results
-    for (model, attack), rows in results[results.kind != "clean"].groupby(["model", "attack"]):
+    for (model, attack), rows in results[results.kind.isin(["attack", "worst-case"])].groupby(["model", "attack"]):
         values = rows.sort_values("eps")
         slack = (values.ci_high - values.ci_low).max() / 2  # naive mode: each eps is an independent run
         clean = results[(results.model == model) & (results.kind == "clean")].accuracy.item()
@@ -89,31 +91,68 @@ def test_fgsm_is_never_much_stronger_than_pgd(naive_results):
     results, _ = naive_results
     for model in ("std", "adv"):
         for eps in (0.05, 0.1, 0.2, 0.3):
-            fgsm = results[(results.model == model) & (results.attack == "fgsm") & np.isclose(results.eps, eps)]
+            fgsm = results[
+                (results.model == model)
+                & (results.attack == "fgsm")
+                & (results.kind == "attack")
+                & np.isclose(results.eps, eps)
+            ]
             pgd_acc = accuracy(results, model, "pgd-linf", eps)
             assert fgsm.accuracy.item() >= pgd_acc - (fgsm.ci_high.item() - fgsm.ci_low.item()), (model, eps)
 
 
-def test_worst_case_is_the_and_of_all_attacks(naive_results):
-    results, _ = naive_results
+def worst_case_from_cells(results: pd.DataFrame, out, model: str, eps: float) -> int:
+    """Examples correct clean and under every attack row at any eps <= eps, counted from the cells' flags."""
+    store = CellStore(out)
+    rows = results[results.model == model]
+    flags = store.load(rows[rows.kind == "clean"].cell.item()).flags[0].copy()
+    for _, row in rows[(rows.kind == "attack") & (rows.eps <= eps + 1e-9)].iterrows():
+        cell = store.load(row.cell)
+        flags &= cell.flags[[v["eps"] for v in cell.values].index(row.eps)]
+    return int(flags.sum())
+
+
+def test_worst_case_is_the_and_over_attacks_at_every_smaller_eps(naive_results):
+    """Per example, not per row: an example counts only if no attack broke it at this eps or a smaller one."""
+    results, out = naive_results
     for model in ("std", "adv"):
-        for eps in (0.1, 0.3):
-            worst = accuracy(results, model, "worst-case", eps)
-            assert worst <= min(accuracy(results, model, a, eps) for a in ("fgsm", "pgd-linf"))
+        rows = results[results.model == model]
+        attacks = rows[rows.kind == "attack"]
+        for _, worst in rows[rows.kind == "worst-case"].iterrows():
+            assert worst.n_correct == worst_case_from_cells(results, out, model, worst.eps)
+            assert worst.accuracy <= attacks[attacks.eps <= worst.eps + 1e-9].accuracy.min()
+        below = rows[rows.kind == "worst-case"].set_index("eps").n_correct
+        assert (below.diff().dropna() <= 0).all()  # never rises with eps
+
+
+def test_worst_case_nests_across_attacks_with_different_grids(tiny_runs, tmp_path, suite_file):
+    """PGD at 0.1 only, FGSM at 0.1 and 0.11: what PGD broke at 0.1 is broken at 0.11 too (the 0.1 ball lies
+    inside), although PGD did not run there. Grouping rows by exact eps reported 229/360 for 226/360."""
+    suite = suite_file(
+        '[[attack]]\nname = "pgd"\ntype = "pgd"\nnorm = "inf"\neps = [0.1]\nsteps = 10\n'
+        '[[attack]]\nname = "fgsm"\ntype = "fgsm"\nnorm = "inf"\neps = [0.1, 0.11]\n'
+    )
+    out = tmp_path / "grids"
+    results = robustcnn.sweep([tiny_runs[1].path], suite=suite, n=150, out=str(out), report=False)
+    model = tiny_runs[1].path.name
+    worst = results[(results.kind == "worst-case") & np.isclose(results.eps, 0.11)].iloc[0]
+    assert worst.accuracy <= accuracy(results, model, "pgd", 0.1)
+    assert worst.n_correct == worst_case_from_cells(results, out, model, 0.11)
+    assert json.loads(worst.params)["attacks"] == ["pgd", "fgsm"]
 
 
 def test_nested_reuse_gives_the_same_accuracies_as_naive(tiny_runs, tmp_path, suite_file, monkeypatch):
     suite = suite_file(DETERMINISTIC_SUITE)
     runs = [tiny_runs[1].path]
     attacked = {"nested": 0, "naive": 0}  # images handed to attacks: the work nesting saves, counted not timed
-    original = runner.in_batches
+    original = cells.in_batches
 
     def sweep(mode: str) -> pd.DataFrame:
         def counting(function, x, *args, **kwargs):
             attacked[mode] += len(x)
             return original(function, x, *args, **kwargs)
 
-        monkeypatch.setattr(runner, "in_batches", counting)
+        monkeypatch.setattr(cells, "in_batches", counting)
         return robustcnn.sweep(runs, suite=suite, n=120, out=str(tmp_path / mode), naive=mode == "naive", report=False)
 
     nested, naive = sweep("nested"), sweep("naive")
@@ -278,3 +317,44 @@ def test_accuracy_in_rows_matches_an_independent_count(naive_results, tiny_runs)
     with torch.no_grad():
         direct = (model(test.images()).argmax(1) == test.y).float().mean().item()
     assert accuracy(results, "adv", "clean", 0.0) == pytest.approx(direct)
+
+
+def test_an_identical_copy_gets_its_own_rows_and_headline(tiny_runs, tmp_path, suite_file):
+    """The copy's cells are found in the cache (same weights), but its rows carry its own id."""
+    import shutil
+
+    from robustcnn.report.load import load_sweep
+    from robustcnn.report.tables import headline
+
+    original = tiny_runs[1].path
+    copy = shutil.copytree(original, tmp_path / "copy")
+    out = tmp_path / "out"
+    results = robustcnn.sweep([original, copy], suite=suite_file(), n=60, out=str(out), report=False)
+    by_model = {
+        m: rows.drop(columns=["model", "cell", "seconds"]).reset_index(drop=True)
+        for m, rows in results.groupby("model")
+    }
+    assert set(by_model) == {original.name, "copy"}
+    pd.testing.assert_frame_equal(by_model[original.name], by_model["copy"])
+    data = load_sweep(out)
+    table = headline(data.results, data.models, data.manifest)
+    assert all(cell is not None and not cell.guessed for _, cells in table.rows for cell in cells)
+
+
+def test_cache_keys_change_with_the_library_versions(tiny_runs, tmp_path, suite_file, monkeypatch):
+    suite, runs = suite_file(), [tiny_runs[1].path]
+    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path), report=False)
+    before = set((tmp_path / "cells").glob("*.npz"))
+    real = runner.library_versions
+    monkeypatch.setattr(runner, "library_versions", lambda: {**real(), "adversarial-robustness-toolbox": "9.9"})
+    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path), report=False)
+    after = set((tmp_path / "cells").glob("*.npz"))
+    assert before < after and len(after) == 2 * len(before)  # every cell computed again, none reused
+
+
+def test_recorded_parameters_are_what_ran(tiny_runs, tmp_path, suite_file):
+    """Without a random start every restart begins at x, so ART runs one: the row says restarts 1."""
+    suite = suite_file(PGD_SUITE + "restarts = 5\nrandom_start = false\n")
+    results = robustcnn.sweep([tiny_runs[1].path], suite=suite, n=20, out=str(tmp_path), report=False)
+    params = json.loads(results[(results.attack == "pgd-linf") & (results.kind == "attack")].params.iloc[0])
+    assert params["restarts"] == 1 and params["random_start"] is False

@@ -1,6 +1,6 @@
 """The attack base classes. Each attack module wraps one ART class; this file does the shared chores.
 
-Three kinds of attack:
+Three kinds of attack (`Attack.kind`; the sweep runs each kind its own way):
 - `BoundedAttack`: finds x_adv inside the eps ball (FGSM, PGD, APGD, Square); run once per eps.
 - `MinimalAttack`: finds the smallest perturbation it can (Carlini-Wagner, DeepFool); one run gives
   the accuracy at every eps: an example is robust at eps if the attack failed or needed more than eps.
@@ -40,6 +40,7 @@ class Target:
 class Attack:
     """Shared by every attack: declared capabilities, parameter parsing, and device pinning."""
 
+    kind: ClassVar[str]  # "bounded", "minimal" or "patch": how the sweep runs it (one table, in the runner)
     box: ClassVar[str] = "white"  # "black" when only model outputs are used (no gradients)
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
     Params: ClassVar[type] = NoParams
@@ -59,6 +60,7 @@ class Attack:
 
     @classmethod
     def describe_params(cls, params: Any) -> dict[str, Any]:
+        """The parameters as they run (what results.csv records): subclasses correct what ART overrides."""
         return to_dict(params) if fields(params) else {}
 
     def pin_device(self, art_attack: Any) -> Any:
@@ -71,23 +73,41 @@ class Attack:
 
 
 class BoundedAttack(Attack):
+    kind = "bounded"
+
     def build(self, eps: float) -> Any:
         """The configured ART attack for one radius."""
         raise NotImplementedError
 
-    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps.
-
-        The ART object is built once per eps and reused for every batch.
-        """
+    def art_attack(self, eps: float) -> Any:
+        """The ART object for `eps`, built once per eps and reused for every batch."""
         cache = self.__dict__.setdefault("_built", {})
         if eps not in cache:
             cache.clear()
             cache[eps] = self.pin_device(self.build(eps))
-        return cache[eps].generate(x, y)  # y: true labels, never ART's predicted-label default (label leaking)
+        return cache[eps]
+
+    def records_iterates(self) -> bool:
+        """Whether every iterate counts (AutoAttack's rule), not only the returned one: iterative attacks."""
+        return bool(getattr(self.params, "any_iterate", False))
+
+    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps."""
+        if not self.records_iterates():
+            return self.run(x, y, eps)
+        from robustcnn.attacks.art import IterateRecorder
+
+        with IterateRecorder(self.target.model, x, y, eps, self.norm.art) as recorder:
+            x_adv = self.run(x, y, eps)
+        return recorder.apply(x_adv)
+
+    def run(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        return self.art_attack(eps).generate(x, y)  # y: true labels, never ART's predicted-label default
 
 
 class MinimalAttack(Attack):
+    kind = "minimal"
+
     def build(self) -> Any:
         raise NotImplementedError
 
@@ -99,6 +119,7 @@ class MinimalAttack(Attack):
 
 
 class PatchAttack(Attack):
+    kind = "patch"
     norms = ()
 
     def train_patch(self, x: np.ndarray, y: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:

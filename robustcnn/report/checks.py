@@ -112,19 +112,47 @@ def _worst(findings: list[tuple[Status, float, str]]) -> tuple[Status, float, st
     return max(findings, key=lambda f: (SEVERITY[f[0]], f[1]))
 
 
+def _is_probe(row: Row) -> bool:
+    return row["kind"] == "probe"
+
+
+def _judged(rows: list[Row]) -> list[Row]:
+    """The rows the curve checks judge: an attack's probe rows where it has them (attacked afresh at every
+    eps, correct or not: what nesting hides shows there), else its own rows; patch and worst case as they are."""
+    probed = {r["attack"] for r in rows if _is_probe(r) and r["attack"] != "clean"}
+    return [
+        r
+        for r in rows
+        if (_is_probe(r) and r["attack"] != "clean")
+        or (r["kind"] in ("attack", "worst-case") and r["attack"] not in probed)
+    ]
+
+
+def _where(row: Row) -> str:
+    return describe_point(row) + (" (probe)" if _is_probe(row) else "")
+
+
 def robust_le_clean(results: Results, model: str) -> Check:
-    """Robust accuracy can't exceed clean accuracy: the attack may leave an example as it is."""
+    """Robust accuracy can't exceed clean accuracy: the attack may leave an example as it is.
+
+    In nested mode an attack row counts clean-misclassified examples as broken, so only the probe rows
+    (every example attacked, compared with the clean accuracy of the same examples) and patch rows can tell."""
     name, rows = "robust-le-clean", _rows(results, model)
     clean = [r for r in rows if r["kind"] == "clean"]
-    attacked = [r for r in rows if r["kind"] != "clean"]
+    probe_clean = [r for r in rows if _is_probe(r) and r["attack"] == "clean"]
+    attacked = _judged(rows)
     if not clean or not attacked:
         return _check(name, Status.SKIP, "no clean row or no attack rows for this model", model)
-    clean_acc = clean[-1]["accuracy"]
+
+    def reference(r: Row) -> float:
+        return (probe_clean or clean)[-1]["accuracy"] if _is_probe(r) else clean[-1]["accuracy"]
+
     findings = [
-        (_compare(r, clean_acc), r["accuracy"] - clean_acc,
-         f"{describe_point(r)}: robust {pct(r, ci=True)} is above clean {pct(clean_acc)}")
+        (_compare(r, reference(r)), r["accuracy"] - reference(r),
+         f"{_where(r)}: robust {pct(r, ci=True)} is above clean {pct(reference(r))}")
         for r in attacked
     ]  # fmt: skip
+    clean_acc = clean[-1]["accuracy"]
     status, _, message = _worst(findings)
     if status is Status.PASS:
         return _check(name, status, f"all {len(attacked)} robust accuracies <= clean {pct(clean_acc)}", model)
@@ -135,7 +163,7 @@ def robust_le_clean(results: Results, model: str) -> Check:
 def monotone_in_eps(results: Results, model: str) -> Check:
     """Accuracy must not rise with eps (or patch scale): a larger ball contains the smaller one."""
     name = "monotone-eps"
-    curves = _group([r for r in _rows(results, model) if r["kind"] != "clean"], "attack")
+    curves = _group(_judged(_rows(results, model)), "attack")
     findings, rising, total = [], 0, 0
     for attack, curve in curves.items():
         axis = "scale" if all(r["is_patch"] for r in curve) else "eps"
@@ -156,9 +184,10 @@ def monotone_in_eps(results: Results, model: str) -> Check:
 def _rises(attack: str, curve: list[Row], axis: str) -> list[tuple[Status, float, str]]:
     """Each point against the lowest accuracy at any smaller eps (a running minimum)."""
     findings, lowest = [], curve[0]
+    label = attack + (" (probe)" if _is_probe(curve[0]) else "")
     for r in curve[1:]:
         message = (
-            f"{attack}: {pct(lowest)} at {axis} {format_eps(lowest[axis])} rises to {pct(r, ci=True)} "
+            f"{label}: {pct(lowest)} at {axis} {format_eps(lowest[axis])} rises to {pct(r, ci=True)} "
             f"at {axis} {format_eps(r[axis])}"
         )
         findings.append((_compare(r, lowest["accuracy"]), r["accuracy"] - lowest["accuracy"], message))
@@ -285,13 +314,14 @@ def black_box_not_stronger(results: Results, model: str) -> Check:
 def large_eps_near_zero(results: Results, model: str, image_size: int | None = None) -> Check:
     """At a huge eps (Linf >= 0.5; L2 >= half the image's diagonal) a working attack leaves ~0% accuracy."""
     name = "large-eps"
-    rows = [r for r in _rows(results, model) if r["kind"] != "clean" and not r["is_patch"]]
+    rows = [r for r in _judged(_rows(results, model)) if not r["is_patch"] and r["kind"] != "worst-case"]
     large = [r for r in rows if _very_large(r, image_size)]
     if not large:
         return _check(name, Status.SKIP, f"the eps grid has no very large eps (Linf >= {LARGE_LINF_EPS})", model)
     largest = max(r["eps"] for r in large)
     r = min((r for r in large if r["eps"] == largest), key=lambda r: r["accuracy"])
     where = f"strongest attack {r['attack']} leaves {pct(r, ci=True)} at eps {format_eps(r['eps'])}"
+    where += " (probe)" if _is_probe(r) else ""
     if r["accuracy"] <= NEAR_ZERO:
         return _check(name, Status.PASS, f"{where} (<= {pct(NEAR_ZERO)})", model)
     status = Status.WARN if r["accuracy"] <= LARGE_EPS_FAIL else Status.FAIL

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.errors import UsageError
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, wilson_interval
+from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, HeadlineEps, wilson_interval
 from robustcnn.threat import parse_eps
 
-KINDS = ("clean", "attack", "worst-case")
+KINDS = ("clean", "attack", "worst-case", "probe")
 REQUIRED = ("model", "kind", "attack", "eps", "n", "n_correct", "accuracy")  # the report cannot guess these
 NUMERIC = ("eps", "scale", "n", "n_correct", "accuracy", "ci_low", "ci_high", "target_success", "seconds")
 _MISSING = {"", "nan", "na", "none", "null"}  # cells that mean "no value" (pandas writes NaN as "")
@@ -167,11 +167,14 @@ def model_entries(manifest: dict[str, Any], results: pd.DataFrame) -> dict[str, 
 
 
 def reference_eps(manifest: dict[str, Any], entry: dict[str, Any], norm: str) -> float | None:
-    """The eps the headline reports: the suite's `reference_eps`, else the model's threat model eps.
+    """The eps the headline reports for `norm`: what the sweep decided (`HeadlineEps` in the model's entry).
 
-    `reference_eps` may be one number (or "8/255") or a table by norm ({"inf": "8/255", "2": 0.5}).
-    The model's threat model only applies to attacks of its own norm.
+    Sweeps made before it decided: the suite's `reference_eps` (one number or a table by norm), else the
+    model's threat model eps for its own norm; None when neither applies (the headline then says so).
     """
+    decided = HeadlineEps.from_entry(entry)
+    if decided is not None:
+        return decided.reference_eps.get(norm)
     suite = manifest.get("suite")
     given = suite.get("reference_eps") if isinstance(suite, dict) else None
     if isinstance(given, dict):

@@ -51,6 +51,8 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
     styles = model_styles(data.model_ids)
     return {
         "suite": suite_name(data),
+        "suite_description": _suite_field(data, "description") or "",
+        "cascade": bool(_suite_field(data, "cascade")),
         "datasets": sorted(set(data.results["dataset"]) - {""}),
         "models": [(model, styles[model]) for model in data.model_ids],
         "headline": table,
@@ -69,6 +71,11 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "swatch": swatch,
         "has_manifest": bool(data.manifest),
     }
+
+
+def _suite_field(data: SweepData, key: str) -> Any:
+    suite = data.manifest.get("suite")
+    return suite.get(key) if isinstance(suite, dict) else None
 
 
 def suite_name(data: SweepData) -> str:
@@ -274,8 +281,8 @@ def result_rows(results: pd.DataFrame) -> list[dict[str, str]]:
         rows.append(
             {
                 "model": r["model"],
-                "attack": r["attack"],
-                "norm": _norm_label(r["norm"]) if r["kind"] == "attack" and not r["is_patch"] else "",
+                "attack": r["attack"] + (" (probe)" if r["kind"] == "probe" else ""),
+                "norm": _norm_label(r["norm"]) if r["kind"] in ("attack", "probe") and r["norm"] else "",
                 "at": f"scale {format_eps(r['scale'])}" if r["is_patch"] else format_eps(r["eps"]),
                 "n": "-" if np.isnan(r["n"]) else f"{r['n']:.0f}",
                 "accuracy": pct(r),

@@ -1,8 +1,9 @@
 """The headline table: per model, clean accuracy and robust accuracy at the reference eps of each attack.
 
-The reference eps is the suite's `reference_eps` (one number, or one per norm), else the model's threat
-model eps from the manifest; each attack reports the grid eps closest to it. Without either, the middle
-of the attack's eps grid is used, and the table says so.
+Which eps each column reads is decided by the sweep and written per model in the manifest (`HeadlineEps`:
+per norm the suite's `reference_eps`, else the dataset's eps for that norm; per attack the closest grid
+eps). Results of older sweeps fall back to the suite's or the threat model's eps, and without either to
+the middle of the attack's eps grid, which the table then marks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import reference_eps
+from robustcnn.results import HeadlineEps
 
 WORST = "worst-case"
 
@@ -25,7 +27,8 @@ class Cell:
     ci_high: float
     eps: float | None  # the grid eps this number was taken at; None for clean
     guessed: bool = False  # no reference eps known: the middle of the grid was used
-    strongest: bool = False  # the lowest robust accuracy in its row (worst case excluded)
+    strongest: bool = False  # the lowest robust accuracy among the row's attacks at the same norm and eps
+    norm: str = ""  # the attack's norm; "" for clean
 
     @property
     def text(self) -> str:
@@ -58,7 +61,7 @@ HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accur
 
 def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> Headline:
     results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
-    attacked = results[(results["kind"] != "clean") & ~results["is_patch"]]
+    attacked = results[results["kind"].isin(("attack", WORST)) & ~results["is_patch"]]  # probes are for the checks
     names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == "attack", "attack"]).tolist()]
     worst = pd.unique(attacked.loc[attacked["kind"] == WORST, "attack"]).tolist()  # one per norm
     names += worst
@@ -70,7 +73,7 @@ def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest:
         cells = [
             _clean_cell(clean.get(model))
             if name == "clean"
-            else _attack_cell(curves.get((model, name)), entry, manifest)
+            else _attack_cell(curves.get((model, name)), name, entry, manifest)
             for name in names
         ]
         rows.append((model, _mark_strongest(cells, names, set(worst))))
@@ -83,29 +86,43 @@ def _clean_cell(rows: pd.DataFrame | None) -> Cell | None:
     return None if rows is None else _from_row(rows.iloc[-1], None)
 
 
-def _attack_cell(rows: pd.DataFrame | None, entry: dict, manifest: dict) -> Cell | None:
-    """The row at the grid eps closest to the reference eps (a tie goes to the larger, harder eps)."""
+def _attack_cell(rows: pd.DataFrame | None, name: str, entry: dict, manifest: dict) -> Cell | None:
+    """The row at the eps the sweep chose for this column; for older sweeps the grid eps closest to the
+    reference eps (a tie goes to the larger, harder eps), or the middle of the grid, marked as guessed."""
     if rows is None:
         return None
-    target = reference_eps(manifest, entry, rows["norm"].iloc[0])
     grid = sorted(rows["eps"].unique())
-    guessed = target is None
-    if guessed:
-        target = grid[(len(grid) - 1) // 2]
-    eps = min(grid, key=lambda e: (abs(e - target), -e))
+    decided = HeadlineEps.from_entry(entry)
+    if decided is not None and name in decided.attack_eps:
+        eps, guessed = min(grid, key=lambda e: abs(e - decided.attack_eps[name])), False
+    else:
+        target = reference_eps(manifest, entry, rows["norm"].iloc[0])
+        guessed = target is None
+        target = grid[(len(grid) - 1) // 2] if guessed else target
+        eps = min(grid, key=lambda e: (abs(e - target), -e))
     return _from_row(rows[rows["eps"] == eps].iloc[-1], eps, guessed)
 
 
 def _from_row(row: pd.Series, eps: float | None, guessed: bool = False) -> Cell:
-    return Cell(float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]), eps, guessed)
+    norm = str(row["norm"]) if eps is not None else ""
+    return Cell(float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]), eps, guessed, norm=norm)
 
 
 def _mark_strongest(cells: list[Cell | None], names: list[str], worst: set[str]) -> list[Cell | None]:
+    """Bold the lowest robust accuracy among attacks read at the same norm and eps (comparing an attack at
+    0.1 with one at 0.3 would say nothing about which is stronger); the worst case is never bolded."""
     robust = [i for i, c in enumerate(cells) if c is not None and names[i] != "clean" and names[i] not in worst]
-    if len(robust) < 2:
-        return cells
-    lowest = min(cells[i].accuracy for i in robust)
-    return [replace(c, strongest=True) if i in robust and c.accuracy == lowest else c for i, c in enumerate(cells)]
+    groups: dict[tuple[str, float | None], list[int]] = {}
+    for i in robust:
+        groups.setdefault((cells[i].norm, cells[i].eps), []).append(i)
+    marked = list(cells)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        lowest = min(cells[i].accuracy for i in members)
+        for i in members:
+            marked[i] = replace(cells[i], strongest=True) if cells[i].accuracy == lowest else cells[i]
+    return marked
 
 
 def _column(name: str, cells: list[Cell | None]) -> Column:

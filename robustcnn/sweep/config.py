@@ -28,6 +28,9 @@ class SweepConfig:
     download: bool = option(False, "download the dataset if its files are missing (needs internet)", BOOL)
     naive: bool = option(False, "attack every example at every eps (slow; to compare with nested reuse)", BOOL)
     gallery: int = option(8, "adversarial examples per model kept for the report", COUNT)
+    probe: int = option(
+        50, "examples each white-box attack attacks afresh at every eps, for the report's checks (0: none)", COUNT
+    )
     report: bool = option(True, "write report.html when done", BOOL, flag=False)
     fail_under: tuple[str, ...] = option((), "gates ATTACK@EPS=ACC", flag=False)
 

@@ -42,7 +42,7 @@ def parse_gate(text: str) -> Gate:
 
 
 def _matches(rows: pd.DataFrame, gate: Gate) -> pd.DataFrame:
-    chosen = rows[rows["attack"] == gate.attack]
+    chosen = rows[(rows["attack"] == gate.attack) & (rows["kind"] != "probe")]  # probes: a few examples, checks only
     if gate.eps is not None:
         chosen = chosen[chosen["eps"].astype(float).sub(gate.eps).abs() < 1e-6]
     return chosen

@@ -4,6 +4,10 @@ Speed by design: eps balls nest, so an example already broken at a smaller eps (
 clean) is broken at every larger eps. In nested mode (the default) each eps attacks only the survivors
 of the previous one and the accuracy is "no adversarial example found within eps" - the quantity a
 robustness claim needs. `naive=True` attacks every correctly classified example at every eps instead.
+A cascade suite also skips what earlier attacks of the norm broke (AutoAttack's order of work).
+
+This file decides which examples each cell attacks, caches cells and writes rows; the attacks themselves
+run in the pure functions of cells.py, chosen by the attack's kind (`RUNS`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,23 @@ import torch
 from robustcnn.console import progress, say
 from robustcnn.errors import UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, chance_level, file_stem, wilson_interval
+from robustcnn.results import (
+    COLUMNS,
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    HeadlineEps,
+    chance_level,
+    file_stem,
+    wilson_interval,
+)
+from robustcnn.sweep import cells
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.model_checks import model_checks
 from robustcnn.sweep.store import Cell, CellStore, cell_key
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
+
+NUMBER_VERSIONS = ("robustcnn", "torch", "adversarial-robustness-toolbox", "numpy")  # can change a cell's numbers
 
 
 def seed_all(seed: int) -> None:
@@ -40,24 +55,22 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def predict(subject: Subject, x: np.ndarray) -> np.ndarray:
-    """Predicted classes for x (n, C, H, W) float32 in [0, 1], in batches on the subject's device."""
-    model, target = subject.model, subject.target
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x), target.batch_size):
-            batch = torch.from_numpy(x[start : start + target.batch_size]).to(target.device)
-            out.append(model(batch).argmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+@dataclass(frozen=True)
+class Done:
+    """A finished cell of this sweep and what its rows are about (the cell itself holds only numbers)."""
 
+    spec: AttackSpec | None  # None for the clean cell
+    kind: str  # the rows' kind: clean | attack | probe
+    key: str
+    cell: Cell
 
-def in_batches(generate, x: np.ndarray, y: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """Runs an ART attack batch by batch so progress shows and Ctrl-C lands between batches."""
-    x_adv = np.empty_like(x)
-    for start in progress(range(0, len(x), batch_size), desc=desc, unit="batch"):
-        stop = start + batch_size
-        x_adv[start:stop] = generate(x[start:stop], y[start:stop])
-    return x_adv
+    def evidence(self) -> list[tuple[str, float, np.ndarray]]:
+        """(norm, eps, flags) of each row that counts towards nesting and the worst case."""
+        if self.kind != "attack" or self.spec.kind == "patch":
+            return []
+        return [
+            (self.spec.norm.value, float(v["eps"]), f) for v, f in zip(self.cell.values, self.cell.flags, strict=True)
+        ]
 
 
 @dataclass
@@ -68,16 +81,18 @@ class Sweep:
     out: Path
     grids: dict[str, dict[str, tuple[float, ...]]]  # subject id -> attack name -> sorted eps (or scales)
     store: CellStore = field(init=False)
-    cells: dict[tuple[str, str], list[Cell]] = field(default_factory=dict)  # (subject, attack) -> cells in eps order
+    done: dict[str, list[Done]] = field(default_factory=dict)  # subject id -> finished cells, in plan order
 
     def __post_init__(self):
         self.store = CellStore(self.out)
         self.started = time.perf_counter()
+        self.versions = {k: v for k, v in library_versions().items() if k in NUMBER_VERSIONS}
+        self.headline = {s.id: headline_eps(self.suite, s.info, self.grids[s.id]) for s in self.subjects}
         self.manifest = self._manifest()
 
     # --- the whole run -------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
-        total = sum(1 + sum(self._cell_count(s, a) for a in self.suite.attacks) for s in self.subjects)
+        total = sum(self._cell_count(s) for s in self.subjects)
         self.bar = progress(total=total, desc="cells", unit="cell", leave=True)
         try:
             for subject in self.subjects:
@@ -93,8 +108,13 @@ class Sweep:
         self._write_manifest("finished", "")
         return results
 
-    def _cell_count(self, subject: Subject, spec: AttackSpec) -> int:
-        return 1 if spec.is_patch or spec.is_minimal else len(self.grids[subject.id][spec.name])
+    def _cell_count(self, subject: Subject) -> int:
+        """Cells of one model: clean, one per eps of each bounded attack, one per other attack, one per probe."""
+        count = 1
+        for spec in self.suite.attacks:
+            count += len(self.grids[subject.id][spec.name]) if spec.kind == "bounded" else 1
+            count += int(self._probes(spec))
+        return count
 
     def _run_subject(self, subject: Subject) -> None:
         self._record_model_checks(subject)
@@ -103,12 +123,9 @@ class Sweep:
         _hint_if_chance(subject, correct)
         for spec in self.suite.attacks:
             attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
-            if spec.is_patch:
-                self._patch(subject, spec, attack, x, y)
-            elif spec.is_minimal:
-                self._minimal(subject, spec, attack, x, y, correct)
-            else:
-                self._bounded(subject, spec, attack, x, y, correct)
+            RUNS[spec.kind](self, subject, spec, attack, x, y, correct)
+            if self._probes(spec):
+                self._probe(subject, spec, attack, x, y)
         if self.config.gallery:
             self._gallery(subject, x, y, correct)
 
@@ -116,102 +133,111 @@ class Sweep:
     def _keys(self, subject: Subject, **parts: Any) -> tuple[str, int]:
         """The cell's cache key and its random seed.
 
-        The key hashes everything the result depends on. The seed leaves the model out: the same attack
-        gets the same random starts on every model, so identical weights loaded two ways (a run directory
-        and a builder) give identical rows, and models are compared on common random numbers.
+        The key hashes everything the result depends on, the library versions that can change a number
+        included. The seed leaves the model out: the same attack gets the same random starts on every
+        model, so identical weights loaded two ways give identical rows, and models meet common random numbers.
         """
         common = {"dataset": subject.info.name, "subset": subject.subset_hash, "seed": self.config.seed, **parts}
-        key = cell_key({"model": subject.card.key, **common})
+        key = cell_key({"model": subject.card.key, "versions": self.versions, **common})
         return key, self.config.seed * 1_000_003 + int(cell_key(common)[:8], 16)
 
-    def _cached_or_compute(self, slot: tuple[str, str], key: str, seed: int, compute) -> Cell:
-        """The cell from disk if a matching one is there, else computed, saved and added to results.csv."""
+    def _cell(self, subject: Subject, spec: AttackSpec | None, kind: str, parts: dict, compute) -> Cell:
+        """The cell from disk if a matching one is there, else computed and saved; recorded as done either way."""
+        key, seed = self._keys(subject, **parts)
         cell = self.store.load(key)
         if cell is None:
-            self.bar.set_postfix_str(" ".join(slot), refresh=True)
+            self.bar.set_postfix_str(f"{subject.id} {spec.name if spec else kind}", refresh=True)
             seed_all(seed)  # per cell: order and resume do not matter
             started = time.perf_counter()
             cell = compute()
             seconds = round(time.perf_counter() - started, 3)
-            for row in cell.rows:
-                row["seconds"] = seconds
+            for values in cell.values:
+                values.update(n=cell.flags.shape[1], seconds=seconds)
             self.store.save(key, cell)
-            self.cells.setdefault(slot, []).append(cell)
+            self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
             self.results()  # results.csv grows with every computed cell (cached ones are written at the end)
         else:
-            self.cells.setdefault(slot, []).append(cell)
+            self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
         self.bar.update()
         return cell
 
     def _clean(self, subject: Subject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        key, seed = self._keys(subject, cell="clean")
+        compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, x, y)[None], {})  # noqa: E731
+        return self._cell(subject, None, "clean", {"cell": "clean"}, compute).flags[0]
 
-        def compute() -> Cell:
-            correct = predict(subject, x) == y
-            return Cell([self._row(subject, None, "clean", correct, key, eps=0.0)], correct[None], {})
-
-        return self._cached_or_compute((subject.id, "clean"), key, seed, compute).flags[0]
-
-    def _bounded(self, subject, spec: AttackSpec, attack, x, y, correct) -> None:
+    def _bounded(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]
-        survivors = correct
         for i, eps in enumerate(grid):
-            mode = {"mode": "naive"} if self.config.naive else {"mode": "nested", "prior": list(grid[:i])}
-            key, seed = self._keys(subject, attack=spec.describe(), eps=eps, **mode)
-            todo = correct if self.config.naive else survivors
+            if self.config.naive:
+                todo, mode = correct, {"mode": "naive"}
+            else:
+                todo = correct & self._unbroken(subject, spec, eps)
+                mode = {"mode": "nested", "prior": list(grid[:i]), **self._cascade_identity(subject, spec)}
 
-            def compute(eps=eps, todo=todo, key=key) -> Cell:
-                robust = np.zeros_like(correct)
-                index = np.flatnonzero(todo)
-                if len(index):
-                    generate = lambda xb, yb: attack.generate(xb, yb, eps)  # noqa: E731
-                    x_adv = in_batches(
-                        generate, x[index], y[index], subject.target.batch_size, f"{spec.name} eps={eps:.4g}"
-                    )
-                    robust[index] = predict(subject, x_adv) == y[index]
-                return Cell([self._row(subject, spec, "attack", robust, key, eps=eps)], robust[None], {})
+            def compute(eps=eps, todo=todo) -> Cell:
+                return Cell([{"eps": eps}], cells.bounded(attack, subject.target, x, y, todo, eps)[None], {})
 
-            survivors = self._cached_or_compute((subject.id, spec.name), key, seed, compute).flags[0]
+            self._cell(subject, spec, "attack", {"attack": spec.describe(), "eps": eps, **mode}, compute)
 
-    def _minimal(self, subject, spec: AttackSpec, attack, x, y, correct) -> None:
+    def _unbroken(self, subject: Subject, spec: AttackSpec, eps: float) -> np.ndarray:
+        """Examples no finished row of this attack at a smaller eps broke (in a cascade: nor any earlier
+        attack of its norm at an eps up to this one). Eps balls nest, so those broken stay broken."""
+        earlier = self._earlier(spec) if self.suite.cascade else set()
+        flags = np.ones(len(subject.subset), dtype=bool)
+        for done in self.done.get(subject.id, []):
+            if done.spec is spec or (done.spec is not None and done.spec.name in earlier):
+                for _, row_eps, row_flags in done.evidence():
+                    if row_eps < eps - TOLERANCE or (done.spec is not spec and row_eps <= eps + TOLERANCE):
+                        flags &= row_flags
+        return flags
+
+    def _earlier(self, spec: AttackSpec) -> set[str]:
+        """The attacks before `spec` in the suite with its norm: what a cascade runs `spec` after."""
+        index = self.suite.attacks.index(spec)
+        return {s.name for s in self.suite.attacks[:index] if s.norm is spec.norm and s.kind != "patch"}
+
+    def _cascade_identity(self, subject: Subject, spec: AttackSpec) -> dict[str, Any]:
+        if not self.suite.cascade:
+            return {}
+        before = [s for s in self.suite.attacks if s.name in self._earlier(spec)]
+        return {"after": [[s.describe(), list(self.grids[subject.id][s.name])] for s in before]}
+
+    def _minimal(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]
-        key, seed = self._keys(subject, attack=spec.describe(), grid=list(grid))
 
         def compute() -> Cell:
-            index = np.flatnonzero(correct)
-            distance = np.full(len(x), np.inf)  # inf: no adversarial example found
-            if len(index):
-                x_adv = in_batches(attack.generate, x[index], y[index], subject.target.batch_size, spec.name)
-                fooled = predict(subject, x_adv) != y[index]
-                ord_ = np.inf if spec.norm.value == "inf" else 2
-                norms = np.linalg.norm((x_adv - x[index]).reshape(len(index), -1), ord=ord_, axis=1)
-                distance[index] = np.where(fooled, norms, np.inf)
-            flags = np.stack([correct & (distance > eps * (1 + 1e-6)) for eps in grid])
-            rows = [self._row(subject, spec, "attack", f, key, eps=eps) for f, eps in zip(flags, grid, strict=True)]
-            return Cell(rows, flags, {"distance": distance})
+            flags, distance = cells.minimal(attack, subject.target, x, y, correct, grid)
+            return Cell([{"eps": eps} for eps in grid], flags, {"distance": distance})
 
-        self._cached_or_compute((subject.id, spec.name), key, seed, compute)
+        self._cell(subject, spec, "attack", {"attack": spec.describe(), "grid": list(grid)}, compute)
 
-    def _patch(self, subject, spec: AttackSpec, attack, x, y) -> None:
+    def _patch(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         scales = self.grids[subject.id][spec.name]
-        key, seed = self._keys(subject, attack=spec.describe(), scales=list(scales))
 
         def compute() -> Cell:
             x_train, y_train = self._patch_training_images(subject, spec)
-            patch = attack.train_patch(x_train, y_train, scales)
-            rows, flags = [], []
-            target = spec.params.target
-            for scale in scales:
-                predicted = predict(subject, attack.apply(x, scale, patch, scales))
-                correct = predicted == y
-                others = y != target
-                success = float((predicted[others] == target).mean()) if others.any() else math.nan
-                rows.append(self._row(subject, spec, "attack", correct, key, scale=scale, target_success=success))
-                flags.append(correct)
-            return Cell(rows, np.stack(flags), {"patch": patch.astype(np.float32)})
+            goal = spec.params.target
+            flags, success, patch = cells.patch(attack, subject.target, x, y, x_train, y_train, scales, goal)
+            values = [{"scale": s, "target_success": t} for s, t in zip(scales, success, strict=True)]
+            return Cell(values, flags, {"patch": patch})
 
-        cell = self._cached_or_compute((subject.id, spec.name), key, seed, compute)
+        cell = self._cell(subject, spec, "attack", {"attack": spec.describe(), "scales": list(scales)}, compute)
         self._save_patch_png(subject, spec, cell.extra["patch"])
+
+    def _probes(self, spec: AttackSpec) -> bool:
+        """White-box bounded attacks get a probe; a black-box one costs thousands of queries per example."""
+        return bool(self.config.probe) and spec.kind == "bounded" and spec.attack_class.box == "white"
+
+    def _probe(self, subject: Subject, spec: AttackSpec, attack, x, y) -> None:
+        grid = self.grids[subject.id][spec.name]
+        size = min(self.config.probe, len(x))
+
+        def compute() -> Cell:
+            flags = cells.probe(attack, subject.target, x[:size], y[:size], grid)
+            return Cell([{"eps": eps} for eps in grid], flags, {})
+
+        parts = {"attack": spec.describe(), "grid": list(grid), "probe": size}
+        self._cell(subject, spec, "probe", parts, compute)
 
     def _patch_training_images(self, subject: Subject, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray]:
         """The patch is optimised on training images so the test images it is judged on stay unseen."""
@@ -246,9 +272,10 @@ class Sweep:
 
     # --- rows, worst case, results.csv ---------------------------------------------------------
     def _row(self, subject: Subject, spec: AttackSpec | None, kind: str, flags: np.ndarray, key: str, **values) -> dict:
+        """One results.csv row: the numbers of a cell, described by the current sweep (model id, suite, seed)."""
         n, n_correct = len(flags), int(flags.sum())
         low, high = wilson_interval(n_correct, n)
-        row = {
+        return {
             "model": subject.id,
             "checkpoint_sha256": subject.sha256,
             "dataset": subject.info.name,
@@ -256,66 +283,64 @@ class Sweep:
             "train_method": subject.card.method,
             "preprocessing": subject.card.preprocessing,
             "kind": kind,
-            "attack": spec.name if spec else kind,
+            "attack": spec.name if spec else "clean",
             "attack_type": spec.type if spec else "",
             "box": spec.attack_class.box if spec else "none",
             "params": spec.params_json() if spec else "{}",
             "norm": spec.norm.value if spec and spec.norm else "",
-            "eps": values.get("eps", math.nan),
-            "scale": values.get("scale", math.nan),
+            "eps": _number(values.get("eps")),
+            "scale": _number(values.get("scale")),
             "n": n,
             "n_correct": n_correct,
             "accuracy": n_correct / n if n else math.nan,
             "ci_low": low,
             "ci_high": high,
-            "target_success": values.get("target_success", math.nan),
-            "seconds": 0.0,
+            "target_success": _number(values.get("target_success")),
+            "seconds": _number(values.get("seconds")) if key else 0.0,
             "suite": self.suite.name,
             "seed": self.config.seed,
             "cell": key,
         }
-        return row
 
-    def _worst_case(self, subject: Subject) -> list[dict]:
-        """Per (norm, eps): an example is robust only if every attack at that eps failed on it."""
-        robust: dict[tuple[str, float], np.ndarray] = {}
-        names: dict[tuple[str, float], list[str]] = {}
-        for spec in self.suite.attacks:
-            if spec.is_patch or (subject.id, spec.name) not in self.cells:
-                continue
-            for cell in self.cells[(subject.id, spec.name)]:
-                for row, flags in zip(cell.rows, cell.flags, strict=True):
-                    group = (row["norm"], round(float(row["eps"]), 9))
-                    robust[group] = robust.get(group, flags) & flags
-                    names.setdefault(group, []).append(spec.name)
+    def _rows(self, subject: Subject, done: Done) -> list[dict]:
+        values = zip(done.cell.values, done.cell.flags, strict=True)
+        return [self._row(subject, done.spec, done.kind, flags, done.key, **v) for v, flags in values]
+
+    def _worst_case(self, subject: Subject, correct: np.ndarray) -> list[dict]:
+        """Per norm and eps: robust only if no attack broke the example at any eps up to this one (balls nest)."""
+        evidence = [(done.spec.name, *row) for done in self.done[subject.id] for row in done.evidence()]
         rows = []
-        for (norm, eps), flags in sorted(robust.items()):
-            n, n_correct = len(flags), int(flags.sum())
-            low, high = wilson_interval(n_correct, n)
-            row = self._row(subject, None, "worst-case", flags, "", eps=eps)
-            row.update(
-                attack=worst_case_name(norm),
-                norm=norm,
-                params=json.dumps({"attacks": names[(norm, eps)]}),
-                ci_low=low,
-                ci_high=high,
-            )
-            rows.append(row)
+        for norm in dict.fromkeys(norm for _, norm, _, _ in evidence):
+            mine = [(name, eps, flags) for name, n, eps, flags in evidence if n == norm]
+            for eps in sorted({eps for _, eps, _ in mine}):
+                within = [(name, flags) for name, e, flags in mine if e <= eps + TOLERANCE]
+                flags = np.logical_and.reduce([correct, *(f for _, f in within)])
+                row = self._row(subject, None, "worst-case", flags, "", eps=eps)
+                names = list(dict.fromkeys(name for name, _ in within))
+                row.update(attack=worst_case_name(norm), norm=norm, params=json.dumps({"attacks": names}))
+                rows.append(row)
         return rows
 
+    def _probe_clean(self, subject: Subject, correct: np.ndarray) -> list[dict]:
+        """The clean row of the probe's examples, which the probe rows are compared with."""
+        if not any(done.kind == "probe" for done in self.done[subject.id]):
+            return []
+        size = min(self.config.probe, len(correct))
+        return [self._row(subject, None, "probe", correct[:size], "", eps=0.0)]
+
     def _complete(self, subject: Subject) -> bool:
-        expected = sum(self._cell_count(subject, spec) for spec in self.suite.attacks)
-        return sum(len(self.cells.get((subject.id, spec.name), [])) for spec in self.suite.attacks) == expected
+        return len(self.done.get(subject.id, [])) == self._cell_count(subject)
 
     def results(self) -> pd.DataFrame:
-        """All finished rows in plan order, plus worst-case rows for models whose attacks are all done."""
+        """All finished rows in plan order, plus the worst case of models whose attacks are all done."""
         rows = []
         for subject in self.subjects:
-            for name in ["clean", *(spec.name for spec in self.suite.attacks)]:
-                for cell in self.cells.get((subject.id, name), []):
-                    rows += cell.rows
+            done = self.done.get(subject.id, [])
+            for entry in done:
+                rows += self._rows(subject, entry)
             if self._complete(subject):
-                rows += self._worst_case(subject)
+                correct = done[0].cell.flags[0]
+                rows += self._probe_clean(subject, correct) + self._worst_case(subject, correct)
         frame = pd.DataFrame(rows, columns=COLUMNS)
         write_text(self.out / RESULTS_FILE, frame.to_csv(index=False))
         return frame
@@ -331,7 +356,7 @@ class Sweep:
                 say(f"{subject.id}: model check {check['name']}: {check['status']}: {check['message']}")
 
     def _gallery(self, subject: Subject, x: np.ndarray, y: np.ndarray, correct: np.ndarray) -> None:
-        """A few adversarial examples of the strongest white-box eps attack, at the reference eps."""
+        """A few adversarial examples of the strongest white-box eps attack, at its headline eps."""
         choice = self._strongest_attack(subject)
         if choice is None:
             return
@@ -346,8 +371,8 @@ class Sweep:
             "x": x[index],
             "x_adv": x_adv.astype(np.float32),
             "y": y[index].astype(np.int64),
-            "pred": predict(subject, x[index]).astype(np.int64),
-            "pred_adv": predict(subject, x_adv).astype(np.int64),
+            "pred": cells.predict(subject.target, x[index]).astype(np.int64),
+            "pred_adv": cells.predict(subject.target, x_adv).astype(np.int64),
             "attack": np.array(spec.name),
             "eps": np.array(float(eps)),
         }
@@ -358,20 +383,16 @@ class Sweep:
         with atomic_path(folder / f"{file_stem(subject.id)}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
-    def reference_eps(self, subject: Subject, spec: AttackSpec) -> float:
-        grid = self.grids[subject.id][spec.name]
-        wanted = self.suite.reference_eps if self.suite.reference_eps and spec.norm.value == "inf" else None
-        wanted = wanted or subject.info.reference_eps(spec.norm)
-        return min(grid, key=lambda eps: abs(eps - wanted))
-
     def _strongest_attack(self, subject: Subject) -> tuple[AttackSpec, float] | None:
         best = None
-        for spec in self.suite.attacks:
-            if spec.is_patch or spec.is_minimal or spec.attack_class.box != "white":
+        for done in self.done[subject.id]:
+            spec = done.spec
+            if done.kind != "attack" or spec.kind != "bounded" or spec.attack_class.box != "white":
                 continue
-            eps = self.reference_eps(subject, spec)
-            cells = self.cells[(subject.id, spec.name)]
-            accuracy = next(c.rows[0]["accuracy"] for c in cells if c.rows[0]["eps"] == eps)
+            eps = self.headline[subject.id].attack_eps[spec.name]
+            if abs(done.cell.values[0]["eps"] - eps) > TOLERANCE:
+                continue
+            accuracy = done.cell.flags[0].mean()
             if best is None or accuracy < best[0]:
                 best = (accuracy, spec, eps)
         return None if best is None else best[1:]
@@ -410,6 +431,7 @@ class Sweep:
             "shape": list(subject.info.shape),
             "n": len(subject.subset),
             "grids": {name: list(grid) for name, grid in self.grids[subject.id].items()},
+            **self.headline[subject.id].to_dict(),
         }
 
     def _write_manifest(self, status: str, message: str) -> None:
@@ -419,10 +441,40 @@ class Sweep:
         write_json(self.out / MANIFEST_FILE, self.manifest)
 
     def mode_label(self) -> str:
-        return "naive: every example at every eps" if self.config.naive else "nested: survivors only"
+        mode = "naive: every example at every eps" if self.config.naive else "nested: survivors only"
+        return mode + (", cascade over attacks" if self.suite.cascade and not self.config.naive else "")
 
     def write_manifest_start(self) -> None:
         write_json(self.out / MANIFEST_FILE, self.manifest)
+
+
+RUNS = {"bounded": Sweep._bounded, "minimal": Sweep._minimal, "patch": Sweep._patch}  # attack kind -> its cells
+TOLERANCE = 1e-9  # eps are compared with this slack (grids come from fractions such as 1/3 x 0.3)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def headline_eps(suite: Suite, info, grids: dict[str, tuple[float, ...]]) -> HeadlineEps:
+    """Decided once, here: per norm the reference eps (the suite's, else the dataset's for that norm), and per
+    attack and worst case the grid eps closest to it (a tie goes to the larger, harder eps)."""
+    reference, at = {}, {}
+    union: dict[str, set[float]] = {}
+    for spec in suite.attacks:
+        if spec.kind == "patch":
+            continue
+        norm = spec.norm.value
+        reference[norm] = suite.reference(spec.norm, info)
+        at[spec.name] = _closest(grids[spec.name], reference[norm])
+        union.setdefault(norm, set()).update(grids[spec.name])
+    for norm, grid in union.items():
+        at[worst_case_name(norm)] = _closest(sorted(grid), reference[norm])
+    return HeadlineEps(reference, at)
+
+
+def _closest(grid, target: float) -> float:
+    return min(grid, key=lambda eps: (abs(eps - target), -eps))
 
 
 def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:

@@ -1,8 +1,10 @@
 """Finished cells on disk: one compressed .npz per cell, written atomically, named by its cache key.
 
-A cell holds its result rows (JSON) and per-example flags (packed bits): which examples were still
-classified correctly. results.csv is rebuilt from the cells, so a kill at any moment loses at most the
-cell in flight and can never duplicate or tear a row.
+A cell holds the numbers it computed (JSON: eps or scale, n_correct, seconds, ...) and per-example flags
+(packed bits): which examples were still classified correctly. Nothing about the sweep that computed it
+(model id, suite, seed): the current sweep builds its rows, so a cell found again under another model id
+or suite name is reported under the current ones. results.csv is rebuilt from the cells, so a kill at any
+moment loses at most the cell in flight and can never duplicate or tear a row.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ CELLS = "cells"
 
 
 def cell_key(identity: dict[str, Any]) -> str:
-    """Hash of everything a cell's result depends on (model hash, attack, eps, data subset, seed, mode)."""
+    """Hash of everything a cell's result depends on (model, attack, eps, data subset, seed, mode, versions)."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+NUMBERS = ("eps", "scale", "n", "n_correct", "target_success", "seconds")  # what a cell keeps per row
+
+
 @dataclass
 class Cell:
-    rows: list[dict[str, Any]]  # result rows, COLUMNS of robustcnn.results
-    flags: np.ndarray  # (len(rows), n) bool: example still correct under this row's attack
+    values: list[dict[str, Any]]  # per row: the NUMBERS computed (eps or scale, n, n_correct, ...)
+    flags: np.ndarray  # (len(values), n) bool: example still correct under this row's attack
     extra: dict[str, np.ndarray]  # e.g. the patch image
 
 
@@ -50,7 +55,7 @@ class CellStore:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:  # never unpickle
-                rows = json.loads(str(data["rows"]))
+                rows = [{k: row.get(k) for k in NUMBERS} for row in json.loads(str(data["rows"]))]  # older cells: rows
                 n = int(data["n"])
                 flags = np.unpackbits(data["flags"], axis=1, count=n).astype(bool)
                 extra = {k[6:]: data[k] for k in data.files if k.startswith("extra_")}
@@ -65,7 +70,7 @@ class CellStore:
         with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(
                 f,
-                rows=np.array(json.dumps(cell.rows)),
+                rows=np.array(json.dumps(cell.values)),
                 n=np.array(flags.shape[1]),
                 flags=np.packbits(flags, axis=1),
                 **arrays,

@@ -8,6 +8,7 @@ about the model) differs.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -254,15 +255,29 @@ def _verify(card: Card, module: nn.Module, probe: torch.Tensor, name: str) -> li
         )
         checks.append(_check("onnx-conversion", "pass" if gap is not None else "warn", message))
     if card.entry.get("was_training"):
-        checks.append(
-            _check(
-                "eval-mode",
-                "warn",
-                "the module was handed over in train mode; it was evaluated in eval mode (dropout off, BatchNorm "
-                "running statistics), as attacks must be",
-            )
-        )
+        checks.append(_train_mode_check(module, probe))
     return checks
+
+
+def _train_mode_check(module: nn.Module, probe: torch.Tensor) -> dict[str, Any]:
+    """A module handed over in train mode is evaluated in eval mode; warn when train mode would have
+    changed its outputs (dropout on, BatchNorm on batch statistics), seen on a copy (train-mode BatchNorm
+    would move the statistics)."""
+    trained = copy.deepcopy(module).train()
+    with torch.no_grad():
+        gap = (trained(probe) - trained(probe)).abs().max().item()
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    done = "evaluated in eval mode, as attacks must be"
+    if gap <= 1e-5 and not batchnorm:
+        return _check("eval-mode", "pass", f"handed over in train mode, {done}; train mode changes nothing in it")
+    what = (
+        f"identical calls differ by up to {gap:.3g} there (dropout)"
+        if gap > 1e-5
+        else "BatchNorm uses batch statistics there"
+    )
+    return _check(
+        "eval-mode", "warn", f"handed over in train mode ({what}); {done}: your own evaluation needs model.eval() too"
+    )
 
 
 def _check(name: str, status: str, message: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
     description = "what it is for and what it costs"
     n = 500                           # test images, unless --n says otherwise
+    cascade = false                   # true: each attack only on what every earlier one (same norm) left
+    reference_eps = "8/255"           # the headline's eps: one Linf number, or {inf = "8/255", 2 = 0.5}
     [[attack]]
     name = "pgd-linf"                 # unique within the suite; rows and --fail-under use it
     type = "pgd"                      # an attack of robustcnn.attacks
@@ -23,12 +25,12 @@ from typing import Any
 
 import tomllib
 
-from robustcnn.attacks import ATTACKS, MinimalAttack, PatchAttack
+from robustcnn.attacks import ATTACKS, PatchAttack
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
 from robustcnn.threat import Norm, check_eps, parse_eps
 
-SUITE_KEYS = ("description", "n", "reference_eps", "attack")
+SUITE_KEYS = ("description", "n", "reference_eps", "cascade", "attack")
 MAX_SUITE_BYTES = 1 << 20  # shipped suites are ~1 KB; the text is copied into manifest.json and the report
 ENTRY_KEYS = ("name", "type", "norm", "eps", "eps_fraction", "scales")
 
@@ -48,16 +50,13 @@ class AttackSpec:
         return ATTACKS.get(self.type)
 
     @property
-    def is_patch(self) -> bool:
-        return issubclass(self.attack_class, PatchAttack)
-
-    @property
-    def is_minimal(self) -> bool:
-        return issubclass(self.attack_class, MinimalAttack)
+    def kind(self) -> str:
+        """bounded | minimal | patch (`Attack.kind`)."""
+        return self.attack_class.kind
 
     def grid(self, info: DatasetInfo) -> tuple[float, ...]:
         """Sorted absolute grid for one dataset: eps for attacks, scales for the patch."""
-        if self.is_patch:
+        if self.kind == "patch":
             return tuple(sorted(self.scales))
         if self.eps is not None:
             return tuple(sorted(self.eps))
@@ -87,9 +86,14 @@ class Suite:
     path: Path
     description: str
     n: int | None  # default number of test images
-    reference_eps: float | None  # the eps the headline table reports; None: each dataset's threat model
+    reference_eps: dict[Norm, float]  # the eps the headline reports, per norm; absent: the dataset's
     attacks: tuple[AttackSpec, ...]
     text: str  # the file as written, kept in the manifest
+    cascade: bool = False  # each attack runs only on the examples every earlier attack of its norm left correct
+
+    def reference(self, norm: Norm, info: DatasetInfo) -> float:
+        """The headline's eps for `norm` on this data: the suite's, else the dataset's for that norm."""
+        return self.reference_eps.get(norm, info.reference_eps(norm))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,7 +101,8 @@ class Suite:
             "path": str(self.path),
             "description": self.description,
             "n": self.n,
-            "reference_eps": self.reference_eps,
+            "reference_eps": {norm.value: eps for norm, eps in self.reference_eps.items()},
+            "cascade": self.cascade,
             "text": self.text,
         }
 
@@ -160,10 +165,27 @@ def parse_suite(data: dict[str, Any], path: Path, text: str = "") -> Suite:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise UsageError(f"{where}description must be a string")
-    reference = data.get("reference_eps")
-    if reference is not None:
-        reference = check_eps(parse_eps(reference, f"{where}reference_eps"), Norm.LINF, f"{where}reference_eps")
-    return Suite(path.stem, path, description, n, reference, attacks, text)
+    cascade = data.get("cascade", False)
+    if not isinstance(cascade, bool):
+        raise UsageError(f"{where}cascade = {cascade!r} is not allowed; it must be true or false")
+    reference = _reference_eps(data.get("reference_eps"), where)
+    return Suite(path.stem, path, description, n, reference, attacks, text, cascade)
+
+
+def _reference_eps(value: Any, where: str) -> dict[Norm, float]:
+    """One number (the Linf eps) or a table by norm, {inf = "8/255", 2 = 0.5}."""
+    if value is None:
+        return {}
+    table = value if isinstance(value, dict) else {"inf": value}
+    where = f"{where}reference_eps"
+    reference = {}
+    for key, eps in table.items():
+        try:
+            norm = Norm.parse(key)
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from None
+        reference[norm] = check_eps(parse_eps(eps, where), norm, where)
+    return reference
 
 
 def _reject_unknown(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
