@@ -37,8 +37,8 @@ test-all: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff format --check robustcnn tests benchmarks
-	$(BIN)/ruff check robustcnn tests benchmarks
+	$(BIN)/ruff format --check robustcnn tests benchmarks examples
+	$(BIN)/ruff check robustcnn tests benchmarks examples
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -22,7 +22,7 @@ from robustcnn.config import BOOL, COUNT, INT, add_arguments, from_mapping, give
 from robustcnn.errors import EXIT_OK, UsageError
 from robustcnn.fileio import write_json
 
-SECTIONS = ("sweep", "attack", "autoattack", "external", "train", "data", "report")
+SECTIONS = ("sweep", "attack", "autoattack", "iterate", "external", "train", "data", "report")
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
 
 
@@ -123,7 +123,11 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import autoattack_compare
 
         repeats = 1 if config.aa_baselines else config.repeats  # ART's AutoAttack alone takes minutes a round
-        return autoattack_compare.measure(paths, config.aa_n, device, repeats, config.aa_baselines, config.seed)
+        return autoattack_compare.measure(paths[-1], config.aa_n, device, repeats, config.aa_baselines, config.seed)
+    if section == "iterate":
+        from benchmarks import autoattack_compare
+
+        return autoattack_compare.measure_iterates(paths, min(config.n, 500), device, config.seed)
     if section == "external":
         from benchmarks import external_speed
 
@@ -144,7 +148,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "attack", "autoattack", "external"} & set(config.only):
+    if not {"sweep", "attack", "autoattack", "iterate", "external"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 

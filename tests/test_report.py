@@ -326,3 +326,19 @@ def test_report_package_imports_no_torch():
     code = "import sys, robustcnn.report, robustcnn.report.__main__; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_headline_reads_the_eps_the_sweep_chose_and_bolds_only_at_one_eps():
+    results = normalize_results(make_results(("m",), ("fgsm", "pgd"), (0.1, 0.3)))
+    chosen = {"reference_eps": {"inf": 0.3}, "headline_eps": {"fgsm": 0.1, "pgd": 0.3, "worst-case": 0.3}}
+    table = headline(results, {"m": chosen}, {})
+    names = [c.attack for c in table.columns]
+    (_, cells) = table.rows[0]
+    fgsm, pgd = cells[names.index("fgsm")], cells[names.index("pgd")]
+    assert (fgsm.eps, pgd.eps) == (0.1, 0.3) and not table.guessed
+    assert not fgsm.strongest and not pgd.strongest  # 0.1 against 0.3 says nothing about which is stronger
+    same = {**chosen, "headline_eps": {"fgsm": 0.3, "pgd": 0.3, "worst-case": 0.3}}
+    (_, cells) = headline(results, {"m": same}, {}).rows[0]
+    bold = [names[i] for i, c in enumerate(cells) if c is not None and c.strongest]
+    lowest = min(("fgsm", "pgd"), key=lambda a: cells[names.index(a)].accuracy)
+    assert bold == [lowest]

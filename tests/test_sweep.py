@@ -358,3 +358,15 @@ def test_recorded_parameters_are_what_ran(tiny_runs, tmp_path, suite_file):
     results = robustcnn.sweep([tiny_runs[1].path], suite=suite, n=20, out=str(tmp_path), report=False)
     params = json.loads(results[(results.attack == "pgd-linf") & (results.kind == "attack")].params.iloc[0])
     assert params["restarts"] == 1 and params["random_start"] is False
+
+
+def test_the_sweep_decides_the_headline_eps_per_norm(tiny_runs, tmp_path, suite_file):
+    """A one-number reference_eps is the Linf one: L2 columns read the dataset's L2 eps (mnist5k: 2.0)."""
+    suite = suite_file(
+        'reference_eps = 0.2\n[[attack]]\nname = "fgsm"\ntype = "fgsm"\nnorm = "inf"\neps = [0.1, 0.2, 0.3]\n'
+        '[[attack]]\nname = "pgd-l2"\ntype = "pgd"\nnorm = "2"\neps = [0.5, 1.9, 3.0]\nsteps = 3\n'
+    )
+    robustcnn.sweep([tiny_runs[0].path], suite=suite, n=20, out=str(tmp_path), report=False, probe=0)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"][0]
+    assert entry["reference_eps"] == {"inf": 0.2, "2": 2.0}
+    assert entry["headline_eps"] == {"fgsm": 0.2, "pgd-l2": 1.9, "worst-case": 0.2, "worst-case-l2": 1.9}

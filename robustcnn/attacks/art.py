@@ -94,11 +94,17 @@ class IterateRecorder:
     and APGD return only their last iterate (measured on a PGD-trained digits model, 100 APGD-CE steps: 1-2%
     of the examples had a misclassified iterate that the returned one was not). ART runs the model on every
     iterate anyway, for its gradient and loss, so a forward hook sees each one at no extra forward pass.
-    Rows are matched to originals by geometry, not by position, since APGD attacks changing subsets: a point
-    in the ball of x_i and classified as anything but y_i is an adversarial example of x_i.
+
+    Which original a row belongs to: ART runs the model on the whole batch in order (PGD), or on the subset
+    of examples still correct at its last look (APGD restarts, APGD-T targets), in order. So the rows are
+    first tried against those index maps (the whole batch, and the last few sets of still-correct examples),
+    checked, not assumed: every row must lie in its original's ball. Rows that fit no map are matched by
+    geometry: a point in the ball of x_j and classified as anything but y_j is an adversarial example of x_j.
     """
 
-    PROBES = 32  # pixels compared first: a point outside the ball almost always shows it on a few pixels
+    PROBES = 32  # pixels compared first, where the originals differ most: another image's ball shows there
+    TOLERANCE = 1e-6  # float32 rounding of ART's projection (x + clipped delta)
+    MAPS = 4  # index maps remembered besides the whole batch
 
     def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, norm: float):
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -106,8 +112,9 @@ class IterateRecorder:
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device).flatten(1)  # (n, d) in [0, 1]
         self.y = torch.from_numpy(np.asarray(y)).to(device)  # (n,) true labels
         self.found: dict[int, torch.Tensor] = {}  # original index -> a misclassified point in its ball
-        generator = torch.Generator().manual_seed(0)  # fixed: the global RNG belongs to the attack
-        self.probes = torch.randperm(self.x.shape[1], generator=generator)[: self.PROBES].to(device)
+        self.open = torch.ones(len(self.x), dtype=torch.bool, device=device)  # originals with nothing found yet
+        self.maps = [torch.arange(len(self.x), device=device)]  # row -> original index, tried newest first
+        self.probes = self.x.std(0).argsort(descending=True)[: self.PROBES] if len(self.x) > 1 else None
 
     def __enter__(self) -> IterateRecorder:
         self.handle = self.model.register_forward_hook(self._seen)
@@ -121,24 +128,47 @@ class IterateRecorder:
         if not isinstance(output, torch.Tensor) or points.shape[1] != self.x.shape[1]:
             return
         with torch.no_grad():
-            wrong = output.detach().argmax(1)[:, None] != self.y[None, :]  # (m, n): misclassified for original j
-            rows, originals = torch.nonzero(wrong & self._maybe_in_ball(points), as_tuple=True)
+            predicted = output.detach().argmax(1)
+            originals = self._mapped(points)
+            if originals is None:
+                rows, originals = self._by_geometry(points, predicted)
+            else:
+                correct = predicted == self.y[originals]
+                self._remember(originals[correct])  # what ART will attack next, if it filters
+                rows = torch.nonzero(~correct & self.open[originals]).flatten()
+                originals = originals[rows]
             for row, original in zip(rows.tolist(), originals.tolist(), strict=True):
-                if original not in self.found and self._in_ball(points[row], original):
+                if self.open[original]:
                     self.found[original] = points[row].clone()
+                    self.open[original] = False
 
-    def _maybe_in_ball(self, points: torch.Tensor) -> torch.Tensor:
-        """(m, n): could point i be in the ball of original j? From a few pixels (a lower bound on the norm)."""
-        gap = (points[:, None, self.probes] - self.x[None, :, self.probes]).abs()  # (m, n, probes)
-        bound = gap.amax(2) if self.norm == math.inf else gap.square().sum(2).sqrt()
-        return bound <= self.eps + self.TOLERANCE
+    def _mapped(self, points: torch.Tensor) -> torch.Tensor | None:
+        for index in [*self.maps[1:][::-1], self.maps[0]]:
+            if len(index) == len(points) and self._in_ball(points, index).all():
+                return index
+        return None
 
-    TOLERANCE = 1e-6  # float32 rounding of ART's projection (x + clipped delta)
+    def _remember(self, index: torch.Tensor) -> None:
+        if len(index) in (0, len(self.x)) or any(torch.equal(index, known) for known in self.maps):
+            return
+        self.maps = [self.maps[0], *self.maps[1:][-(self.MAPS - 1) :], index]
 
-    def _in_ball(self, point: torch.Tensor, original: int) -> bool:
-        delta = point - self.x[original]
-        size = delta.abs().max() if self.norm == math.inf else delta.norm()
-        return bool(size <= self.eps + self.TOLERANCE and point.min() >= 0 and point.max() <= 1)
+    def _by_geometry(self, points: torch.Tensor, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, original) pairs of points in an open original's ball and misclassified for it."""
+        candidates = (predicted[:, None] != self.y[None, :]) & self.open[None, :]  # (m, n)
+        if self.probes is not None:
+            gap = (points[:, None, self.probes] - self.x[None, :, self.probes]).abs()  # (m, n, probes)
+            bound = gap.amax(2) if self.norm == math.inf else gap.square().sum(2).sqrt()  # <= the full norm
+            candidates &= bound <= self.eps + self.TOLERANCE
+        rows, originals = torch.nonzero(candidates, as_tuple=True)
+        keep = self._in_ball(points[rows], originals)
+        return rows[keep], originals[keep]
+
+    def _in_ball(self, points: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+        """(k,) bool: point i within eps of x[originals[i]] and inside the pixel range."""
+        delta = points - self.x[originals]
+        size = delta.abs().amax(1) if self.norm == math.inf else delta.norm(dim=1)
+        return (size <= self.eps + self.TOLERANCE) & (points.amin(1) >= 0) & (points.amax(1) <= 1)
 
     def apply(self, x_adv: np.ndarray) -> np.ndarray:
         """x_adv with every recorded adversarial example in place of the attack's last iterate."""
