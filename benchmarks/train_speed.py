@@ -7,7 +7,7 @@ gives the training part alone and the epoch with its validation.
 
 Ideals, in clean training steps per batch (forward + backward + optimiser step):
 - PGD-k: k attack steps (forward + backward wrt the input) + 1 training step = k + 1.
-- FGSM-RS: 1 attack step + 1 training step = 2.
+- FGSM-RS, N-FGSM: 1 attack step + 1 training step = 2.
 - TRADES: k attack steps + 2 training steps (the loss runs the model on x and on x_adv) = k + 2; the
   no-grad forward pass that gives the soft labels (about a third of a step) is not counted.
 """
@@ -30,13 +30,14 @@ from robustcnn.train.loop import _Trainer
 from robustcnn.train.validate import Validator
 
 PGD_AT_TARGET = 1.15  # PGD-k AT epoch <= this x (k + 1) clean epochs
-FGSM_RS_TARGET = 2.2  # FGSM-RS epoch <= this x a clean epoch
+FGSM_RS_TARGET = 2.2  # FGSM-RS (and N-FGSM) epoch <= this x a clean epoch
 
 METHODS = {
     "clean": {},
     "pgd": {"adv": True, "adv_method": "pgd"},
     "fgsm-rs": {"adv": True, "adv_method": "fgsm-rs"},
     "trades": {"adv": True, "adv_method": "trades"},
+    "n-fgsm": {"adv": True, "adv_method": "n-fgsm"},
 }
 
 
@@ -90,6 +91,7 @@ def measure(settings: dict, device: torch.device, repeats: int, warmup: bool = T
         "pgd": (k + 1, f"PGD-{k} AT", ("x ideal", PGD_AT_TARGET)),
         "fgsm-rs": (2, "FGSM-RS", ("x clean", FGSM_RS_TARGET)),
         "trades": (k + 2, f"TRADES (PGD-{k})", None),  # no target set: shown for context
+        "n-fgsm": (2, "N-FGSM", ("x clean", FGSM_RS_TARGET)),
     }
     size = settings["dataset"] + (f", {settings['train_size']} images" if settings.get("train_size") else "")
     clean = train["clean"]

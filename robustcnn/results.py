@@ -39,7 +39,7 @@ COLUMNS = [
     "checkpoint_sha256",  # hash of the weights attacked: the run's checkpoint file, else the loaded tensors
     "dataset",  # dataset name
     "arch",  # architecture name, or the spec of a model from elsewhere (e.g. "torchvision:resnet18")
-    "train_method",  # standard, pgd, fgsm-rs or trades; empty for models trained elsewhere
+    "train_method",  # standard, pgd, trades, fgsm-rs or n-fgsm; empty for models trained elsewhere
     "preprocessing",  # "in-model" (robustcnn's models normalise inside), else what the sweep applied, e.g. "imagenet"
     "kind",  # clean | attack | worst-case
     "attack",  # entry name in the suite (e.g. "pgd-linf"); "clean", "worst-case" (Linf) or "worst-case-l2"

@@ -71,10 +71,13 @@ def test_pgd_training_is_more_robust_than_standard(standard_pgd, tiny_runs):
     assert adversarial.meta["metrics"][-1]["val_pgd_acc"] > standard.meta["metrics"][-1]["val_pgd_acc"]
 
 
-@pytest.mark.parametrize("method", ["fgsm-rs", "trades"])
-def test_fast_and_trades_training_are_more_robust_than_standard(tmp_path, standard_pgd, method):
+FAST_RECIPE = {"attack_steps": 2, "attack_lr": 2 / 3 * 0.2}  # the README's fast line, scaled to eps 0.2
+
+
+@pytest.mark.parametrize(("method", "extra"), [("pgd", FAST_RECIPE), ("trades", {})])
+def test_fast_and_trades_training_are_more_robust_than_standard(tmp_path, standard_pgd, method, extra):
     std_pgd, _ = standard_pgd
-    run = robustcnn.train(**SMALL, adv=True, adv_method=method, out=str(tmp_path / method))
+    run = robustcnn.train(**SMALL, adv=True, adv_method=method, eps=0.2, **extra, out=str(tmp_path / method))
     assert run.meta["method"] == method and run.meta["status"] in {"finished", "stopped-early"}
     adv_pgd = pgd_accuracy(run.model(), eps=0.2)
     assert adv_pgd > std_pgd + 0.2, (std_pgd, adv_pgd)
@@ -151,12 +154,17 @@ def test_cli_reports_a_non_finite_loss_with_exit_1(tmp_path, capsys):
 BAD_INPUTS = [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of"),
     (["--arch", "vgg16"], "unknown architecture 'vgg16'; choose one of"),
-    (["--adv", "--adv-method", "free"], "--adv-method 'free' is not allowed: choose one of: pgd, fgsm-rs, trades"),
+    (
+        ["--adv", "--adv-method", "free"],
+        "--adv-method 'free' is not allowed: choose one of: pgd, fgsm-rs, trades, n-fgsm",
+    ),
     (["--eps", "-0.1"], "eps -0.1 is not allowed"),
     (["--eps", "8"], "did you mean 8/255"),
     (["--eps", "1.5"], "outside [0, 1]"),
     (["--eps", "abc"], "not a number"),
     (["--constraint", "l3"], "unknown norm 'l3'"),
+    (["--adv", "--adv-method", "n-fgsm", "--constraint", "2", "--eps", "2"], "n-fgsm is defined for --constraint inf"),
+    (["--adv", "--adv-method", "n-fgsm", "--attack-steps", "3"], "--attack-steps 3 does not fit n-fgsm"),
     (["--epochs", "0"], "--epochs '0' is not allowed"),
     (["--lr", "-1"], "--lr '-1' is not allowed"),
     (["--device", "tpu"], "unknown device 'tpu'"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustcnn import overfitting as guard
 from robustcnn.report.format import describe_point, format_eps, pct
 from robustcnn.results import chance_level
 
@@ -31,8 +32,7 @@ STEPS_TOLERANCE = 0.01  # more steps or restarts may move accuracy by 1 point be
 LARGE_LINF_EPS = 0.5  # from Linf eps 0.5 every image can reach uniform grey: a working attack leaves ~0 accuracy
 NEAR_ZERO = 0.10  # "near zero": at most chance level for 10 classes
 LARGE_EPS_FAIL = 0.30  # above this at a very large eps the attack (or the evaluation) is broken, not just weak
-CO_DROP = 0.2  # val PGD accuracy this far below its best so far is a collapse (as robustcnn.train's guard)
-CO_GAP = 0.3  # ... while FGSM accuracy stays this far above PGD accuracy: catastrophic overfitting
+SINGLE_STEP_TYPES = ("fgsm",)  # attack types that take one gradient step
 ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "bim")  # attack types that take several gradient steps
 STEPS_KEYS = ("steps", "max_iter", "n_iter", "nb_iter", "iterations")  # spellings of the step count in `params`
 RESTARTS_KEYS = ("restarts", "n_restarts", "num_random_init", "random_restarts")
@@ -182,15 +182,21 @@ def monotone_in_eps(results: Results, model: str) -> Check:
 
 
 def _rises(attack: str, curve: list[Row], axis: str) -> list[tuple[Status, float, str]]:
-    """Each point against the lowest accuracy at any smaller eps (a running minimum)."""
+    """Each point against the lowest accuracy at any smaller eps (a running minimum). A single-step attack's
+    rise is at most a warning: one signed step of a larger eps can miss what a smaller one hit, which says the
+    attack is weak there, not that the model or the evaluation is broken."""
     findings, lowest = [], curve[0]
     label = attack + (" (probe)" if _is_probe(curve[0]) else "")
+    single_step = curve[0].get("attack_type") in SINGLE_STEP_TYPES
     for r in curve[1:]:
         message = (
             f"{label}: {pct(lowest)} at {axis} {format_eps(lowest[axis])} rises to {pct(r, ci=True)} "
             f"at {axis} {format_eps(r[axis])}"
         )
-        findings.append((_compare(r, lowest["accuracy"]), r["accuracy"] - lowest["accuracy"], message))
+        status = _compare(r, lowest["accuracy"])
+        if single_step and status is Status.FAIL:
+            status, message = Status.WARN, f"{message} (a single step: weak at that eps, trust the iterative attacks)"
+        findings.append((status, r["accuracy"] - lowest["accuracy"], message))
         lowest = r if r["accuracy"] < lowest["accuracy"] else lowest
     return findings
 
@@ -351,32 +357,118 @@ def clean_above_chance(results: Results, model: str, num_classes: int | None = N
     return _check(name, Status.PASS, f"clean accuracy {pct(clean[0])} is above chance ({pct(chance)})", model)
 
 
-def catastrophic_overfitting(metrics: Any, model: str, method: str = "", attacked_epoch: int | None = None) -> Check:
-    """FGSM training can collapse: val PGD accuracy falls to ~0 while val FGSM accuracy stays high."""
+def catastrophic_overfitting(
+    metrics: Any, model: str, method: str = "", attacked_epoch: int | None = None, eps_warmup: int | None = None
+) -> Check:
+    """The training guard's rule (robustcnn.overfitting) on the log: an epoch at full eps whose single-step
+    accuracy is far above its PGD accuracy, or whose PGD accuracy fell far from its best, overfitted.
+    `eps_warmup`: the run's warm-up epochs; unknown, an epoch counts as at full eps when the one before ended
+    there (a log's eps is each epoch's last)."""
     name = "catastrophic-overfitting"
-    frame = pd.DataFrame(metrics) if isinstance(metrics, list) and metrics else None
-    if frame is None or not {"epoch", "val_fgsm_acc", "val_pgd_acc"} <= set(frame.columns):
+    rows = [r for r in metrics if _log_row(r)] if isinstance(metrics, list) else []
+    if not rows:
         return _check(name, Status.SKIP, "no training log with val_fgsm_acc and val_pgd_acc for this model", model)
-    frame = frame.apply(pd.to_numeric, errors="coerce").dropna(subset=["epoch", "val_fgsm_acc", "val_pgd_acc"])
-    if method == "standard" or ("eps" in frame and not (frame["eps"] > 0).any()):
+    full_eps = max(float(r.get("eps") or 0) for r in rows)
+    if method == "standard" or ("eps" in rows[0] and full_eps <= 0):
         return _check(name, Status.SKIP, "not adversarially trained", model)
-    best = frame["val_pgd_acc"].cummax()
-    collapsed = (frame["val_pgd_acc"] <= best - CO_DROP) & (frame["val_fgsm_acc"] >= frame["val_pgd_acc"] + CO_GAP)
-    if not collapsed.any():
-        return _check(
-            name, Status.PASS, f"val PGD accuracy never fell {CO_DROP * 100:.0f} points below its best", model
-        )
-    first = frame[collapsed].iloc[0]
-    message = (
-        f"epoch {int(first['epoch'])}: val PGD accuracy fell to {pct(first['val_pgd_acc'])} "
-        f"(best before {pct(best[collapsed].iloc[0])}) while val FGSM accuracy is {pct(first['val_fgsm_acc'])}"
-    )
-    attacked = collapsed[frame["epoch"] == attacked_epoch]
-    if attacked.any():
-        return _check(
-            name, Status.FAIL, f"{message}; the attacked checkpoint (epoch {attacked_epoch}) is collapsed", model
-        )
+    if isinstance(eps_warmup, int):
+        settled = [int(r["epoch"]) > eps_warmup for r in rows]
+    else:
+        settled = [i > 0 and float(rows[i - 1].get("eps", full_eps) or 0) >= full_eps for i in range(len(rows))]
+    verdicts = guard.judge_log(rows, settled, floor_acc=-1.0, one_step_training=_one_step(method))
+    epochs = [int(r["epoch"]) for r in rows]
+    stopped = [(e, v) for e, v in zip(epochs, verdicts, strict=True) if v.overfitted]
+    if not stopped:
+        return _check(name, Status.PASS, f"no epoch at full eps overfitted (training guard: {_guard_rule()})", model)
+    epoch, verdict = stopped[0]
+    message = f"epoch {epoch}: {verdict.what}: {verdict.problem}"
+    bad = {e for e, v, calm in zip(epochs, verdicts, settled, strict=True) if calm and v.what in guard.OVERFITTING}
+    if attacked_epoch in bad:
+        message += f"; the attacked checkpoint (epoch {attacked_epoch}) is one of the overfitted epochs"
+        return _check(name, Status.FAIL, message, model)
     return _check(name, Status.WARN, message, model)
+
+
+def _log_row(row: Any) -> bool:
+    return isinstance(row, dict) and all(
+        isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) and math.isfinite(row[k])
+        for k in ("epoch", "val_fgsm_acc", "val_pgd_acc")
+    )
+
+
+def _one_step(method: str) -> bool:
+    return method in guard.ONE_STEP_METHODS
+
+
+def _guard_rule() -> str:
+    return (
+        f"single-step accuracy never over {guard.GAP * 100:.0f} points above PGD-10 with PGD-10 below half of it "
+        f"for {guard.PATIENCE} epochs, PGD-10 never {guard.DROP * 100:.0f} points below its best"
+    )
+
+
+def trained_attack_gap(
+    results: Results, model: str, method: str = "", trained_against: Any = None, reference_eps: Any = None
+) -> Check:
+    """An attack far weaker than a stronger one at the training eps means catastrophic overfitting or gradient
+    masking: the model learnt to defeat that attack, not to be robust.
+
+    The weak side is FGSM (the classic sign) and, for models robustcnn trained with PGD or TRADES, also PGD
+    (the attack they trained against); the strong side is the strongest white-box attack of another type
+    that is not single-step. Models robustcnn trained: at the training norm and eps; fail. Models from
+    elsewhere: at each norm's headline eps; warn, as their training is unknown. Standard training: skip.
+    """
+    name = "trained-attack-gap"
+    if method == "standard":
+        return _check(name, Status.SKIP, "not adversarially trained", model)
+    rows = [r for r in _eps_rows(_rows(results, model)) if r["box"] == "white"]
+    points, weak_types = _gap_points(method, trained_against, reference_eps)
+    findings = []
+    for norm, eps in points:
+        at = [r for r in rows if r["norm"] == norm and r["eps"] == _grid_eps(rows, norm, eps)]
+        for weak_type in weak_types:
+            weak = [r for r in at if r["attack_type"] == weak_type]
+            strong = [r for r in at if r["attack_type"] not in (weak_type, *SINGLE_STEP_TYPES)]
+            if weak and strong:
+                weakest = max(weak, key=lambda r: r["accuracy"])
+                findings.append(_gap_finding(weakest, min(strong, key=lambda r: r["accuracy"])))
+    if not findings:
+        message = f"the suite has no {' or '.join(weak_types)} beside a stronger white-box attack at that eps"
+        return _check(name, Status.SKIP, message, model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, message, model)
+    if not method:  # not trained here: the gap says single-step numbers are unreliable, not that training failed
+        return _check(name, Status.WARN, f"{message}: single-step attacks are unreliable on this model", model)
+    return _check(name, status, f"{message}: catastrophic overfitting / gradient masking", model)
+
+
+def _gap_points(method: str, trained_against: Any, reference_eps: Any) -> tuple[list[tuple[str, float]], tuple]:
+    """Where to compare, and the attack types that are the weak side."""
+    if method and isinstance(trained_against, dict) and isinstance(trained_against.get("eps"), (int, float)):
+        weak = ("fgsm",) if _one_step(method) else ("fgsm", "pgd")
+        return [(str(trained_against.get("norm", "inf")), float(trained_against["eps"]))], weak
+    if isinstance(reference_eps, dict):
+        return [(str(k), float(v)) for k, v in reference_eps.items() if isinstance(v, (int, float))], ("fgsm",)
+    return [], ("fgsm",)
+
+
+def _grid_eps(rows: list[Row], norm: str, eps: float) -> float | None:
+    """The grid's eps for `eps`: itself, else the largest below it (overfitting shows there too, if weaker)."""
+    below = [r["eps"] for r in rows if r["norm"] == norm and r["eps"] <= eps + TINY]
+    return max(below, default=None)
+
+
+def _gap_finding(weak: Row, strong: Row) -> tuple[Status, float, str]:
+    gap = weak["accuracy"] - strong["accuracy"]
+    where = (
+        f"{weak['attack']} {pct(weak, ci=True)} vs {strong['attack']} {pct(strong, ci=True)} "
+        f"at eps {format_eps(weak['eps'])}: {gap * 100:.1f} points apart"
+    )
+    if not guard.overfitting_gap(weak["accuracy"], strong["accuracy"]):
+        return Status.PASS, gap, f"{where} (overfitting: over {guard.GAP * 100:.0f}, the stronger below half)"
+    significant = weak["ci_low"] > strong["ci_high"] + guard.GAP / 2  # the gap is far beyond sampling noise
+    return (Status.FAIL if significant else Status.WARN), gap, f"{where}, {strong['attack']} below half"
 
 
 def from_manifest(entry: dict[str, Any], model: str) -> list[Check]:
@@ -410,6 +502,7 @@ TITLES = {
     "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
     "large-eps": "accuracy is near zero at a very large eps",
     "catastrophic-overfitting": "no catastrophic overfitting in training",
+    "trained-attack-gap": "the attack trained against is not far weaker than a stronger one",
 }  # every check computed here, in the report's order, with its one-line claim
 NAMES = tuple(TITLES)
 
@@ -425,7 +518,11 @@ def run_checks(results: pd.DataFrame, models: dict[str, dict[str, Any]]) -> list
         checks.append(_guarded("large-eps", model, large_eps_near_zero, records, model, _image_size(entry)))
         method, epoch = str(entry.get("method", "")), _attacked_epoch(entry)
         log = entry.get("training_metrics")
-        checks.append(_guarded("catastrophic-overfitting", model, catastrophic_overfitting, log, model, method, epoch))
+        warmup = entry.get("eps_warmup")
+        co_args = (log, model, method, epoch, warmup)
+        checks.append(_guarded("catastrophic-overfitting", model, catastrophic_overfitting, *co_args))
+        gap_args = (records, model, method, entry.get("trained_against"), entry.get("reference_eps"))
+        checks.append(_guarded("trained-attack-gap", model, trained_attack_gap, *gap_args))
         checks += from_manifest(entry, model)
     return checks
 

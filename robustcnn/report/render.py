@@ -263,10 +263,17 @@ def _model_row(data: SweepData, model: str) -> dict[str, str]:
         "sha256": _plain(entry.get("sha256") or rows["checkpoint_sha256"]),
         "dataset": _plain(dataset.get("name", dataset) if isinstance(dataset, dict) else dataset),
         "arch": _plain(entry.get("arch", rows["arch"])),
-        "method": _plain(entry.get("method", rows["train_method"]) or "-"),
+        "method": _plain(_method(entry, rows["train_method"])),
         "preprocessing": _plain(entry.get("preprocessing_label") or rows.get("preprocessing") or "-"),
         "threat": _plain(threat or "-"),
     }
+
+
+def _method(entry: dict, fallback: str) -> str:
+    """The training method, with the training guard's verdict when the run did not simply finish."""
+    method = entry.get("method", fallback) or "-"
+    status = entry.get("training_status")
+    return f"{method} ({status})" if status in ("not-robust", "stopped-early") else method
 
 
 def _seconds(results: pd.DataFrame) -> list[tuple[str, str]]:

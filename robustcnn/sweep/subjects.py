@@ -209,6 +209,8 @@ def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Mo
         "trained_against": meta.get("threat_model"),
         "training_metrics": meta.get("metrics", []),
         "training_final": meta.get("final", {}),
+        "training_status": meta.get("status", ""),  # not-robust / stopped-early: the guard's verdict, shown
+        "eps_warmup": meta.get("config", {}).get("eps_warmup"),  # which logged epochs trained at full eps
     }
     card = Card(sha256, sha256, meta["model"]["arch"], meta.get("method", ""), IN_MODEL, entry, run)
     return card, module, info

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from robustcnn.cli import run_main
 from robustcnn.config import add_arguments, given_arguments
-from robustcnn.errors import EXIT_INTERRUPTED, EXIT_OK
+from robustcnn.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +43,11 @@ def main(argv: list[str]) -> int:
         print(f"robustcnn.train: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     final = run.meta.get("final", {})
-    print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}")
+    robust = f"\tval_pgd_acc={final['val_pgd_acc']:.4f}" if "val_pgd_acc" in final else ""
+    print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}{robust}")
+    if run.meta["status"] == "not-robust":
+        print(f"robustcnn.train: {run.meta['message']}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ class Progress:
     step: int = 0  # optimiser steps taken
     best_epoch: int | None = None
     best_score: float = -1.0  # validation accuracy used to pick the best epoch
+    best_sound: bool = False  # the best epoch passed the overfitting guard (robustcnn/overfitting.py)
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per finished epoch
     stopped_early: str | None = None  # why training ended before --epochs, if it did
 

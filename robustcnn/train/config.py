@@ -16,6 +16,10 @@ class AdvMethod(str, Enum):
     PGD = "pgd"  # Madry et al. 2018: train on PGD examples
     FGSM_RS = "fgsm-rs"  # Wong et al. 2020: one step from a random start, ~k times cheaper than PGD-k
     TRADES = "trades"  # Zhang et al. 2019: clean CE + beta * KL(clean || adversarial)
+    N_FGSM = "n-fgsm"  # de Jorge et al. 2022: one step of eps from x + noise in [-2 eps, 2 eps], no projection
+
+
+ONE_STEP = {AdvMethod.FGSM_RS: 1.25, AdvMethod.N_FGSM: 1.0}  # single-step methods -> their default step / eps
 
 
 class Optimizer(str, Enum):
@@ -52,14 +56,16 @@ class TrainConfig:
     weight_decay: float | None = option(None, "L2 penalty; default 5e-4 for sgd, 0 for adam", non_negative_float)
     schedule: Schedule = option(Schedule.COSINE, "learning-rate schedule over steps", enum_parser(Schedule))
     adv: bool = option(False, "train adversarially (PGD unless --adv-method says otherwise)", BOOL)
-    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, fgsm-rs or trades", enum_parser(AdvMethod))
+    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, trades, fgsm-rs or n-fgsm", enum_parser(AdvMethod))
     eps: float | None = option(
         None, "attack radius in [0,1] pixel units, e.g. 0.3 or 8/255; default: the dataset's", _eps
     )
     constraint: Norm | None = option(None, "attack norm: inf or 2; default: the dataset's", Norm.parse)
-    attack_steps: int | None = option(None, "attack iterations per batch; default 10 (pgd, trades), 1 (fgsm-rs)", INT)
+    attack_steps: int | None = option(
+        None, "attack iterations per batch; default 10 (pgd, trades), 1 (fgsm-rs, n-fgsm)", INT
+    )
     attack_lr: float | None = option(
-        None, "attack step in pixel units; default 2.5*eps/steps, 1.25*eps for fgsm-rs", FLOAT
+        None, "attack step in pixel units; default 2.5*eps/steps, 1.25*eps for fgsm-rs, eps for n-fgsm", FLOAT
     )
     beta: float = option(6.0, "TRADES weight of the robustness term (Zhang et al. use 6)", FLOAT)
     eps_warmup: int | None = option(None, "epochs over which eps ramps up from 0; default: the dataset's recipe", COUNT)
@@ -106,12 +112,17 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
                 f"--constraint {pick['constraint'].value} needs --eps: the dataset's default is for another norm"
             )
     check_eps(pick["eps"], pick["constraint"], "--eps")
-    fgsm = pick["adv_method"] is AdvMethod.FGSM_RS
-    pick["attack_steps"] = pick["attack_steps"] or (1 if fgsm else 10)
-    if fgsm and pick["attack_steps"] != 1:
-        raise UsageError(f"--attack-steps {pick['attack_steps']} does not fit fgsm-rs, which takes exactly 1 step")
+    method = pick["adv_method"]
+    one_step = method in ONE_STEP
+    pick["attack_steps"] = pick["attack_steps"] or (1 if one_step else 10)
+    if one_step and pick["attack_steps"] != 1:
+        raise UsageError(
+            f"--attack-steps {pick['attack_steps']} does not fit {method.value}, which takes exactly 1 step"
+        )
+    if method is AdvMethod.N_FGSM and pick["adv"] and pick["constraint"] is not Norm.LINF:
+        raise UsageError(f"--adv-method n-fgsm is defined for --constraint inf, not {pick['constraint'].value}")
     if pick["attack_lr"] is None:
-        pick["attack_lr"] = 1.25 * pick["eps"] if fgsm else 2.5 * pick["eps"] / pick["attack_steps"]
+        pick["attack_lr"] = ONE_STEP[method] * pick["eps"] if one_step else 2.5 * pick["eps"] / pick["attack_steps"]
     if pick["eps_warmup"] >= pick["epochs"] and pick["adv"]:
         raise UsageError(f"--eps-warmup {pick['eps_warmup']} must be below --epochs {pick['epochs']}")
     return TrainConfig(**pick)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robustcnn import overfitting as guard
 from robustcnn.config import to_dict
 from robustcnn.console import progress, say
 from robustcnn.data import Augment, DatasetInfo, ImageSet, dataset_info, load_dataset
@@ -25,12 +26,11 @@ from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
 from robustcnn.train import checkpoint
 from robustcnn.train.checkpoint import Progress
-from robustcnn.train.config import RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
+from robustcnn.train.config import ONE_STEP, RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
 from robustcnn.train.methods import build_method
 from robustcnn.train.schedule import learning_rate, warm_eps
 from robustcnn.train.validate import Validator
 
-CO_DROP = 0.2  # a fall of val PGD accuracy this far below the best epoch counts as catastrophic overfitting
 CHECK_EVERY = 10  # steps between finiteness checks of the loss (each check syncs with the device)
 
 
@@ -145,7 +145,7 @@ class _Trainer:
             say(f"{self.run_dir}: already trained for {config.epochs} epochs; nothing to do")
             return load_run(self.run_dir)
         self.method = build_method(self.model, config, self.info, self.device)
-        self.validator = Validator(self.model, val_set, config, self.device)
+        self.validator = Validator(self.model, val_set, config, self.device, self.method)
         self.meta = self._meta(resumed)
         self._write(progress_state, "running", "")
         start = progress_state.epochs_done
@@ -155,7 +155,10 @@ class _Trainer:
             f"from epoch {start + 1} of {config.epochs} -> {self.run_dir}"
         )
         try:
-            self._fit(train_set, progress_state)
+            if progress_state.stopped_early:  # more epochs would train on from the overfitted weights
+                say(f"{self.run_dir}: training had stopped on purpose ({progress_state.stopped_early})")
+            else:
+                self._fit(train_set, progress_state)
         except KeyboardInterrupt:
             self._write(
                 progress_state,
@@ -277,14 +280,16 @@ class _Trainer:
     def _end_epoch(self, state: Progress, row: dict[str, Any]) -> None:
         """Saves in an order that is safe to kill at any point: best, then last, then resume state."""
         epoch = row["epoch"]
+        verdict = self._judge(state, row)
         score = row["val_pgd_acc"] if self.config.adv else row["val_acc"]
-        improved = score > state.best_score
+        improved = (verdict.sound, score) > (state.best_sound, state.best_score)  # a sound epoch beats any other
         if improved:
-            state.best_epoch, state.best_score = epoch, score
+            state.best_epoch, state.best_score, state.best_sound = epoch, score, verdict.sound
             checkpoint.save_weights(self.run_dir, "best", self.model, epoch)
         state.history.append(row)
         state.epochs_done = epoch
-        self._guard_overfitting(state, row)
+        if verdict.overfitted:
+            state.stopped_early = f"{verdict.what} at epoch {epoch}: {verdict.problem}"
         checkpoint.save_weights(self.run_dir, "last", self.model, epoch)
         checkpoint.save_state(self.run_dir, self.model, self.optimizer, state)
         checkpoint.write_metrics(self.run_dir, state.history)
@@ -294,28 +299,65 @@ class _Trainer:
             f"val_acc {row['val_acc']:.3f}  val_fgsm {row['val_fgsm_acc']:.3f}  val_pgd {row['val_pgd_acc']:.3f}  "
             f"lr {row['lr']:.2e}  {row['seconds']:.1f}s{'  *best' if improved else ''}"
         )
+        if verdict.overfitted:
+            say(f"{state.stopped_early}; stopped")
 
-    def _guard_overfitting(self, state: Progress, row: dict[str, Any]) -> None:
-        """FGSM-RS can suddenly lose all PGD robustness (Wong et al. 2020); stop and keep the best epoch."""
-        if not (self.config.adv and self.config.adv_method is AdvMethod.FGSM_RS):
-            return
-        if row["val_pgd_acc"] < state.best_score - CO_DROP:
-            state.stopped_early = (
-                f"catastrophic overfitting at epoch {row['epoch']}: val PGD accuracy fell to {row['val_pgd_acc']:.3f} "
-                f"(best {state.best_score:.3f} at epoch {state.best_epoch}) while FGSM accuracy is "
-                f"{row['val_fgsm_acc']:.3f}; stopped, best.safetensors keeps epoch {state.best_epoch}"
+    def _judge(self, state: Progress, row: dict[str, Any]) -> guard.Verdict:
+        """The guard's verdict on this epoch, given every epoch before it."""
+        if not self.config.adv:
+            return guard.Verdict(True, False, "")
+        log = [r for r in state.history if r["epoch"] < row["epoch"]] + [row]
+        return guard.judge_log(
+            log,
+            [r["epoch"] > self.config.eps_warmup for r in log],
+            floor_acc=guard.floor(self.info.num_classes),
+            one_step_training=self.config.adv_method in ONE_STEP,
+        )[-1]
+
+    def _outcome(self, state: Progress) -> tuple[str, str]:
+        """(status, message) of a run that ran its epochs or stopped on overfitting."""
+        best = state.history[state.best_epoch - 1] if state.best_epoch else None
+        advice = self._advice(overfitted=bool(state.stopped_early))
+        if self.config.adv and best is not None and not state.best_sound:
+            found = state.stopped_early or self._judge(state, best).problem
+            return "not-robust", (
+                f"no epoch became robust ({found}); best.safetensors holds epoch {state.best_epoch} "
+                f"(val PGD-10 {best['val_pgd_acc']:.1%}), which PGD breaks; {advice}"
             )
-            say(state.stopped_early)
+        if state.stopped_early:
+            return "stopped-early", (
+                f"{state.stopped_early}; stopped, best.safetensors keeps epoch {state.best_epoch} "
+                f"(val PGD-10 {best['val_pgd_acc']:.1%}); for a model that does not overfit {advice}"
+            )
+        return "finished", ""
+
+    def _advice(self, overfitted: bool) -> str:
+        method = self.config.adv_method
+        if overfitted and method in ONE_STEP:
+            others = "n-fgsm (noise, no projection) or pgd" if method is AdvMethod.FGSM_RS else "pgd (multi-step)"
+            return f"train with --adv-method {others}"
+        if overfitted:
+            return "train with more --attack-steps or a smaller --attack-lr"
+        return "train longer (--epochs), with a longer --eps-warmup, a wider --arch or a smaller --eps"
 
     def _final(self, state: Progress) -> Run:
         best = load_run(self.run_dir).model("best", self.device)
         test = load_dataset(self.config.dataset, "test", self.config.data_dir, self.config.download)
         with torch.no_grad():
             correct = sum((best(x).argmax(1) == y).sum().item() for x, y in test.batches(512, device=self.device))
-        self.meta["final"] = {"best_epoch": state.best_epoch, "test_acc": correct / len(test), "test_n": len(test)}
-        status = "stopped-early" if state.stopped_early else "finished"
-        self._write(state, status, state.stopped_early or "")
-        say(f"done: best epoch {state.best_epoch}, clean test accuracy {correct / len(test):.4f} -> {self.run_dir}")
+        final = {"best_epoch": state.best_epoch, "test_acc": correct / len(test), "test_n": len(test)}
+        if self.config.adv:  # robustness before any sweep: the kept epoch's held-out PGD-10 accuracy
+            final["val_pgd_acc"] = state.history[state.best_epoch - 1]["val_pgd_acc"]
+        self.meta["final"] = final
+        status, message = self._outcome(state)
+        self._write(state, status, message)
+        robust = f", val PGD-10 accuracy {final['val_pgd_acc']:.4f}" if self.config.adv else ""
+        say(
+            f"done: best epoch {state.best_epoch}, clean test accuracy {final['test_acc']:.4f}{robust} "
+            f"-> {self.run_dir}"
+        )
+        if message:
+            say(f"{status}: {message}")
         return load_run(self.run_dir)
 
     def _write(self, state: Progress, status: str, message: str) -> None:

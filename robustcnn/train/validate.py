@@ -1,22 +1,26 @@
-"""Per-epoch robustness check on the held-out images: clean, FGSM and PGD-10 accuracy via ART."""
+"""Per-epoch robustness check on the held-out images: clean, FGSM, the training attack and PGD-10, via ART."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import ImageSet
-from robustcnn.train.config import TrainConfig
+from robustcnn.train.config import AdvMethod, TrainConfig
+from robustcnn.train.methods import Method
 
 PGD_STEPS = 10  # enough to expose catastrophic overfitting, cheap on a few hundred images
 
 
 class Validator:
-    def __init__(self, model: nn.Module, val: ImageSet, config: TrainConfig, device: torch.device):
+    def __init__(self, model: nn.Module, val: ImageSet, config: TrainConfig, device: torch.device, method: Method):
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
 
-        self.model, self.device = model, device
+        self.model, self.device, self.method, self.eps = model, device, method, config.eps
+        self.own_is_pgd = _trains_on_validation_pgd(config)  # then PGD-10's accuracy is the own attack's too
         self.x, self.y = val.images(), val.y  # (n, C, H, W) in [0, 1], (n,)
         classifier = art_classifier(model, val.info.shape, val.info.num_classes, device)
         norm, eps, batch = config.constraint.art, config.eps, max(config.batch_size, 256)
@@ -36,8 +40,21 @@ class Validator:
         x, y = to_numpy(self.x), self.y.numpy()
         with frozen(self.model), lazy_success_rate():  # skips 2 log-only forward passes, ~6% of PGD-10
             x_fgsm, x_pgd = self.fgsm.generate(x, y), self.pgd.generate(x, y)
-        return {
+        row = {
             "val_acc": self.accuracy(self.x),
             "val_fgsm_acc": self.accuracy(from_numpy(x_fgsm, "cpu")),
             "val_pgd_acc": self.accuracy(from_numpy(x_pgd, "cpu")),
         }
+        if self.own_is_pgd:
+            row["val_train_attack_acc"] = row["val_pgd_acc"]
+            return row
+        x_own = self.method.validation_examples(self.x.to(self.device), self.y.to(self.device), self.eps)
+        if x_own is not None:  # the method's own attack at full eps: what a collapse still resists
+            row["val_train_attack_acc"] = self.accuracy(x_own)
+        return row
+
+
+def _trains_on_validation_pgd(config: TrainConfig) -> bool:
+    """PGD-AT with the validation's own PGD-10 settings (the default): no second run of the same attack."""
+    same_step = math.isclose(config.attack_lr, 2.5 * config.eps / PGD_STEPS)
+    return config.adv and config.adv_method is AdvMethod.PGD and config.attack_steps == PGD_STEPS and same_step
