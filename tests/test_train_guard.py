@@ -53,8 +53,9 @@ def test_a_run_that_is_never_robust_ends_not_robust_with_exit_1(tmp_path, monkey
     meta = json.loads((out / "run.json").read_text())
     assert code == 1 and meta["status"] == "not-robust" and meta["epochs_done"] == 2  # two epochs with the gap
     assert "not-robust" in captured.out and "val_pgd_acc=0.1200" in captured.out
-    (line,) = [x for x in captured.err.splitlines() if x.startswith("robustcnn.train:")]
-    assert "no epoch became robust (catastrophic overfitting at epoch 2" in line and "--adv-method n-fgsm" in line
+    line = captured.err.strip().splitlines()[-1]  # the last line says what happened and what to try
+    assert line.startswith("not-robust: no epoch became robust (catastrophic overfitting at epoch 2")
+    assert "--adv-method pgd --attack-steps 2 --attack-lr 0.2" in line and "Traceback" not in captured.err
 
 
 def test_a_run_below_the_floor_is_not_robust_without_overfitting(tmp_path, monkeypatch):

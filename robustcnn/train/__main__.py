@@ -45,8 +45,7 @@ def main(argv: list[str]) -> int:
     final = run.meta.get("final", {})
     robust = f"\tval_pgd_acc={final['val_pgd_acc']:.4f}" if "val_pgd_acc" in final else ""
     print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}{robust}")
-    if run.meta["status"] == "not-robust":
-        print(f"robustcnn.train: {run.meta['message']}", file=sys.stderr)
+    if run.meta["status"] == "not-robust":  # training said why on its last stderr line
         return EXIT_FAILED
     return EXIT_OK
 

@@ -334,8 +334,9 @@ class _Trainer:
     def _advice(self, overfitted: bool) -> str:
         method = self.config.adv_method
         if overfitted and method in ONE_STEP:
-            others = "n-fgsm (noise, no projection) or pgd" if method is AdvMethod.FGSM_RS else "pgd (multi-step)"
-            return f"train with --adv-method {others}"
+            two_steps = f"--adv-method pgd --attack-steps 2 --attack-lr {2 / 3 * self.config.eps:.3g}"
+            other = " (or --adv-method n-fgsm)" if method is AdvMethod.FGSM_RS else ""
+            return f"train with two attack steps: {two_steps}{other}; docs/training.md"
         if overfitted:
             return "train with more --attack-steps or a smaller --attack-lr"
         return "train longer (--epochs), with a longer --eps-warmup, a wider --arch or a smaller --eps"
