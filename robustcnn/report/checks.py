@@ -502,7 +502,7 @@ TITLES = {
     "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
     "large-eps": "accuracy is near zero at a very large eps",
     "catastrophic-overfitting": "no catastrophic overfitting in training",
-    "trained-attack-gap": "the attack trained against is not far weaker than a stronger one",
+    "trained-attack-gap": "no attack is far weaker than a stronger one at the training eps",
 }  # every check computed here, in the report's order, with its one-line claim
 NAMES = tuple(TITLES)
 
