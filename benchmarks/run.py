@@ -22,7 +22,18 @@ from robustcnn.config import BOOL, COUNT, INT, add_arguments, from_mapping, give
 from robustcnn.errors import EXIT_OK, UsageError
 from robustcnn.fileio import write_json
 
-SECTIONS = ("sweep", "attack", "autoattack", "iterate", "external", "train", "robust-train", "data", "report")
+SECTIONS = (
+    "sweep",
+    "sweep-limit",
+    "attack",
+    "autoattack",
+    "iterate",
+    "external",
+    "train",
+    "robust-train",
+    "data",
+    "report",
+)
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
 
 
@@ -43,6 +54,7 @@ class BenchConfig:
     aa_n: int = option(100, "test images in the autoattack section (ART's AutoAttack: ~5 s per image on 2 cores)", INT)
     robust_n: int | None = option(None, "test images the robust-train section attacks; default all (1000)", INT)
     aa_baselines: bool = option(True, "time ART's and torchattacks' AutoAttack beside ours", flag=False)
+    limit_aa: bool = option(True, "sweep-limit section: also the autoattack-grade suite (minutes: Square)", flag=False)
     pgd_steps: int | None = option(None, "PGD steps in the sweep and attack sections; default 40 (standard.toml)", INT)
     attack_batch: int | None = option(None, "images in the single PGD call; default: the sweep's batch size", INT)
     train_size: int | None = option(None, "training images per epoch; default: all of the train split", INT)
@@ -75,6 +87,7 @@ QUICK = {
     "aa_n": 6,
     "robust_n": 12,
     "aa_baselines": False,
+    "limit_aa": False,
 }
 
 
@@ -117,6 +130,11 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         rows, table = _sweep(paths, config, device, batch)
         accuracy.extend(table)
         return rows
+    if section == "sweep-limit":
+        from benchmarks import sweep_limit
+
+        aa_n = config.aa_n if config.limit_aa else None
+        return sweep_limit.measure(paths, config.n, aa_n, device, batch, config.repeats, config.seed)
     if section == "attack":
         from benchmarks import attack_limit
 
@@ -158,7 +176,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "attack", "autoattack", "iterate", "external"} & set(config.only):
+    if not {"sweep", "sweep-limit", "attack", "autoattack", "iterate", "external"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 
@@ -214,8 +232,14 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "Reading the sweep rows: a speed-up is (work that nesting saves: the 'work' row) x (speed per gradient "
         "of each path). Per gradient, the sweep goes through ART's PGD, whose own per-step work (projection, "
         "clipping, checks) puts one call at the 'attack' row's multiple of bare forward + backward passes. "
-        "The sweep holds each model in channels-last layout (robustcnn.devices.fast_layout); the hand-written "
-        "loops use robustcnn.load_model as a user would (PyTorch's default layout).",
+        "The sweep holds each model in channels-last layout (robustcnn.devices.fast_layout) with frozen weights; "
+        "the hand-written loops use robustcnn.load_model as a user would: the same layout, weights trainable.",
+        "Sweep-limit section: the whole sweep against the work it cannot avoid - every input gradient and "
+        "forward-only image it took, counted in an untimed run of the same sweep, times plain PyTorch's per-image "
+        "time at a full batch on the sweep's own module, timed right before each cell. Attack = the attack and "
+        "probe cells' seconds; wall = the whole in-process call (report off). The patch has no such limit (its "
+        "cost is ART's image transforms), so the standard suite runs without it. On a GPU the same command "
+        "measures there, at the GPU's batch size.",
         "Training section: one epoch of a fresh run per method (eps_warmup 0), the training part timed apart "
         "from the per-epoch validation. The ideals count an attack step as one clean training step; an attack "
         "step is cheaper (no weight gradients, no optimiser step), so below 1x ideal means nothing is wasted.",

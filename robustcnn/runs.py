@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from robustcnn.data import DatasetInfo
+from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.fileio import atomic_path, read_json, sha256_file
 from robustcnn.models import ModelConfig, Normalized, create_model
@@ -176,6 +177,14 @@ def _check_meta(run_file: Path, meta: dict[str, Any]) -> None:
         ) from None
 
 
-def load_model(path: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Normalized:
-    """The trained model, in eval mode, taking (N, C, H, W) pixels in [0, 1] and returning logits."""
-    return load_run(path).model(weights, device)
+def load_model(
+    path: str | Path, weights: str = "best", device: str | torch.device = "cpu", channels_last: bool = True
+) -> Normalized:
+    """The trained model, in eval mode, taking (N, C, H, W) pixels in [0, 1] and returning logits.
+
+    Its conv weights are channels-last, the layout the sweep attacks in (measured on 2 CPU cores: 40 PGD
+    steps on 128 images 0.395 s against 0.504 s in PyTorch's default layout). Inputs need no change. Saving
+    `state_dict()` with safetensors wants contiguous tensors: `channels_last=False`, or `.contiguous()` each.
+    """
+    model = load_run(path).model(weights, device)
+    return fast_layout(model, torch.device(device)) if channels_last else model

@@ -142,3 +142,73 @@ def test_recorded_iterates_are_adversarial_and_in_the_ball(setting, name):
         assert predict(model, point[None])[0] != y[index]
     recorded = recorder.apply(last)
     assert (predict(model, recorded) == y).sum() <= (predict(model, last) == y).sum()
+
+
+@pytest.mark.parametrize("norm_p", ["inf", 2])
+def test_pgd_projection_is_arts_bit_for_bit(norm_p):
+    """robustcnn's PGD projects with a leaner function than ART's float64 one: the same bits must come out,
+    at radii that are not float32 numbers and at points exactly on (and one float32 beyond) the ball's edge."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    from robustcnn.attacks.art import pgd_class
+
+    generator = torch.Generator().manual_seed(0)
+    for eps in (0.1, 0.3 / 3, 0.05, 0.4, 0.5, 1.5, 3.0, 0.0):
+        for scale in (0.3, 1.0, 4.0):
+            values = (torch.rand(32, 1, 8, 8, generator=generator) - 0.5) * 2 * scale * max(eps, 0.1)
+            values[0] = 0
+            edge = np.float32(eps)
+            values[1, 0, 0, :4] = torch.tensor([edge, -edge, np.nextafter(edge, np.float32(1)), eps])
+            ours = pgd_class()._projection(values, eps, norm_p)
+            arts = ProjectedGradientDescentPyTorch._projection(values, eps, norm_p)
+            assert ours.dtype == arts.dtype and torch.equal(ours, arts), (eps, scale, norm_p)
+
+
+def _gradients(generator: torch.Generator, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """A plain gradient, and one with a NaN, an all-zero example and infinities (ART's special cases)."""
+    odd = torch.randn(shape, generator=generator)
+    odd[0, 0, 0, 0] = float("nan")
+    odd[1] = 0
+    odd[2, 0, 0, 1], odd[3, 0, 1, 1] = float("inf"), -float("inf")
+    return [torch.randn(shape, generator=generator), odd]
+
+
+@pytest.mark.parametrize("norm", [np.inf, 2])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_step_is_arts_bit_for_bit(norm, targeted):
+    """robustcnn's PGD step leaves out ART's redundant passes over the batch: it must return ART's bits, also
+    where a gradient has NaN, zero or infinite entries."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    from robustcnn.attacks.art import pgd_class
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    classifier = art_classifier(net, (1, 8, 8), 10, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    shape = (16, 1, 8, 8)
+    for eps, step in ((0.3, 0.3 * 2.5 / 40), (0.1 / 3, 0.01), (1.5, 0.09)):
+        settings = {"norm": norm, "eps": eps, "eps_step": step, "max_iter": 3, "targeted": targeted, "verbose": False}
+        ours, arts = pgd_class()(classifier, **settings), ProjectedGradientDescentPyTorch(classifier, **settings)
+        x_init = torch.rand(shape, generator=generator)
+        x = (x_init + (torch.rand(shape, generator=generator) - 0.5) * eps).clamp(0, 1)
+        y = torch.nn.functional.one_hot(torch.randint(0, 10, (16,), generator=generator), 10).float()
+        for gradient in _gradients(generator, shape):
+            classifier.loss_gradient = lambda x, y, gradient=gradient, **_: gradient.clone()
+            mine = ours._compute_pytorch(x, x_init, y, None, eps, step, False, None)
+            theirs = arts._compute_pytorch(x, x_init, y, None, eps, step, False, None)
+            assert torch.equal(mine.isnan(), theirs.isnan())
+            assert torch.equal(mine.nan_to_num(), theirs.nan_to_num()), (norm, targeted, eps)
+
+
+def test_lean_loss_gradient_is_arts(setting):
+    """The classifier's lean input gradient (tensors in, as ART's PyTorch attacks call it) is ART's, bit for bit."""
+    from art.estimators.classification import PyTorchClassifier
+
+    model, target, x, y = setting
+    arts = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
+                             clip_values=(0.0, 1.0), preprocessing=None)  # fmt: skip
+    x_t = torch.from_numpy(x)
+    one_hot = torch.nn.functional.one_hot(torch.from_numpy(y), 10).float()
+    assert type(target.classifier) is not PyTorchClassifier  # the lean subclass is what attacks get
+    assert torch.equal(target.classifier.loss_gradient(x_t, one_hot), arts.loss_gradient(x_t, one_hot))
+    assert np.array_equal(target.classifier.loss_gradient(x, one_hot.numpy()), arts.loss_gradient(x, one_hot.numpy()))

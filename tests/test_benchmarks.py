@@ -69,3 +69,45 @@ def test_without_the_demo_models_it_says_to_run_make_demo(tmp_path, monkeypatch,
     assert run_main(bench.main, ["--only", "attack", "--out", str(tmp_path / "out")]) == 2
     assert "make demo" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+COUNT_SUITE = """
+description = "fgsm and pgd at two radii, no probe (the counting test)"
+[[attack]]
+name = "fgsm"
+type = "fgsm"
+norm = "inf"
+eps = [0.1, 0.2]
+
+[[attack]]
+name = "pgd"
+type = "pgd"
+norm = "2"
+eps = [1.0, 2.0]
+steps = 3
+restarts = 2
+"""
+
+
+def test_sweep_limit_counts_the_work_the_attacks_must_do(tiny_runs, tmp_path):
+    """The limit's count of input gradients is what the sweep attacked: per eps, the survivors of the previous
+    eps x steps x restarts, plus the probe's examples at every eps; nothing in the cells is left uncounted."""
+    import torch
+
+    from benchmarks.sweep_limit import Job, attack_cells, count_work
+
+    suite = tmp_path / "count.toml"
+    suite.write_text(COUNT_SUITE)
+    n, probe = 40, 40  # the probe attacks min(--probe 50, n) examples afresh at every eps
+    job = Job((tiny_runs[0].path,), suite, n, torch.device("cpu"), 16)
+    work = count_work(job)
+    results = job.sweep()
+    clean = int(results[results.kind == "clean"].n_correct.iloc[0])
+    rows = results[results.kind == "attack"]
+    expected = 0
+    for name, per_example in {"fgsm": 1, "pgd": 3 * 2}.items():
+        survivors = [clean, *rows[rows.attack == name].sort_values("eps").n_correct.tolist()[:-1]]
+        expected += (sum(survivors) + probe * len(survivors)) * per_example
+    gradients, forwards = work.total(set(attack_cells(results).cell))
+    assert gradients == expected
+    assert forwards >= sum(survivors)  # at least every adversarial example is judged

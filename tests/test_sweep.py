@@ -370,3 +370,45 @@ def test_the_sweep_decides_the_headline_eps_per_norm(tiny_runs, tmp_path, suite_
     entry = json.loads((tmp_path / "manifest.json").read_text())["models"][0]
     assert entry["reference_eps"] == {"inf": 0.2, "2": 2.0}
     assert entry["headline_eps"] == {"fgsm": 0.2, "pgd-l2": 1.9, "worst-case": 0.2, "worst-case-l2": 1.9}
+
+
+LEAN_SUITE = """
+description = "PGD in Linf and L2 with random starts, and FGSM"
+[[attack]]
+name = "fgsm"
+type = "fgsm"
+norm = "inf"
+eps = [0.1, 0.2]
+
+[[attack]]
+name = "pgd-linf"
+type = "pgd"
+norm = "inf"
+eps = [0.1, 0.2, 0.3]
+steps = 5
+
+[[attack]]
+name = "pgd-l2"
+type = "pgd"
+norm = "2"
+eps = [1.0, 2.0]
+steps = 5
+restarts = 2
+"""
+
+
+def test_the_lean_pgd_gives_arts_numbers(tiny_runs, tmp_path, suite_file, monkeypatch):
+    """The leaner PGD step, projection and input gradient are speed only: a sweep through ART's own classes
+    (same seed, so the same random starts) gives the same results.csv, every row and every count."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    from robustcnn.attacks import art, pgd
+
+    suite, runs = suite_file(LEAN_SUITE), [r.path for r in tiny_runs]
+    lean = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "lean"), report=False)
+    monkeypatch.setattr(pgd, "pgd_class", lambda: ProjectedGradientDescentPyTorch)
+    monkeypatch.setattr(art, "classifier_class", lambda: PyTorchClassifier)
+    arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
+    assert (lean.kind == "attack").sum() == 2 * 7 and lean.n_correct.min() < lean.n_correct.max()
+    pd.testing.assert_frame_equal(lean.drop(columns="seconds"), arts.drop(columns="seconds"))

@@ -51,6 +51,12 @@ def test_standard_run_writes_a_complete_run_directory(tmp_path):
         accuracy = (model(test.images()).argmax(1) == test.y).float().mean().item()
     assert accuracy == pytest.approx(meta["final"]["test_acc"])
     assert accuracy > 0.6  # 384 images, 2 epochs: well above the 10% of chance
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)  # the sweep's layout
+    default = robustcnn.load_model(run.path, channels_last=False)
+    assert all(p.is_contiguous() for p in default.parameters())  # for safetensors' save_file
+    with torch.no_grad():
+        torch.testing.assert_close(model(test.images()[:64]), default(test.images()[:64]), rtol=1e-4, atol=1e-5)
 
 
 SMALL = SMALL_RUN

@@ -91,7 +91,7 @@ def user_state_dict(run_path: Path) -> dict[str, torch.Tensor]:
     """A robustcnn run's weights as the plain `smallcnn` above holds them (no `net.` prefix, no mean/std)."""
     import robustcnn
 
-    state = robustcnn.load_model(run_path).state_dict()
+    state = robustcnn.load_model(run_path, channels_last=False).state_dict()  # as a user's own script holds them
     return {k.removeprefix("net."): v.clone() for k, v in state.items() if k.startswith("net.")}
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustcnn.attacks.art import lazy_success_rate
+from robustcnn.attacks.art import lazy_success_rate, pgd_class
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, FLOAT, INT, option
 
@@ -29,10 +29,8 @@ class Pgd(BoundedAttack):
     Params = PgdParams
 
     def build(self, eps):
-        from art.attacks.evasion import ProjectedGradientDescentPyTorch
-
         p = self.params
-        return ProjectedGradientDescentPyTorch(
+        return pgd_class()(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,

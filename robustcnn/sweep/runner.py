@@ -85,7 +85,8 @@ class Sweep:
 
     def __post_init__(self):
         self.store = CellStore(self.out)
-        self.started = time.perf_counter()
+        self.started = self.written_at = time.perf_counter()
+        self.write_seconds = 0.0  # what the last progressive rewrite of results.csv took
         self.versions = {k: v for k, v in library_versions().items() if k in NUMBER_VERSIONS}
         self.headline = {s.id: headline_eps(self.suite, s.info, self.grids[s.id]) for s in self.subjects}
         self.manifest = self._manifest()
@@ -98,6 +99,7 @@ class Sweep:
             for subject in self.subjects:
                 self._run_subject(subject)
         except KeyboardInterrupt:
+            self.results()  # every finished cell, also those since the last progressive write
             self._write_manifest(
                 "interrupted", "interrupted: re-run the same command to resume; finished cells are kept"
             )
@@ -155,11 +157,22 @@ class Sweep:
                 values.update(n=cell.flags.shape[1], seconds=seconds)
             self.store.save(key, cell)
             self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
-            self.results()  # results.csv grows with every computed cell (cached ones are written at the end)
+            self._progress()
         else:
             self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
         self.bar.update()
         return cell
+
+    def _progress(self) -> None:
+        """Rewrites results.csv while the sweep runs, for whoever watches it, at a cost bounded by a fixed share
+        of the sweep's time (a rewrite after every cell costs time quadratic in the number of cells)."""
+        since = time.perf_counter() - self.written_at
+        if since < max(PROGRESS_SECONDS, PROGRESS_COST_FACTOR * self.write_seconds):
+            return
+        started = time.perf_counter()
+        self.results()
+        self.written_at = time.perf_counter()
+        self.write_seconds = self.written_at - started
 
     def _clean(self, subject: Subject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, x, y)[None], {})  # noqa: E731
@@ -449,6 +462,8 @@ class Sweep:
 
 
 RUNS = {"bounded": Sweep._bounded, "minimal": Sweep._minimal, "patch": Sweep._patch}  # attack kind -> its cells
+PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
+PROGRESS_COST_FACTOR = 50  # ... and at most once per this many times what the last rewrite took (<= 2% of the time)
 TOLERANCE = 1e-9  # eps are compared with this slack (grids come from fractions such as 1/3 x 0.3)
 
 

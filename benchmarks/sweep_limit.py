@@ -1,0 +1,282 @@
+"""The whole sweep against its gradient-work limit: what a sweep costs beyond the passes through the model.
+
+The limit of a sweep is the work it cannot avoid, timed as plain PyTorch at its best: every input gradient
+its attacks take (forward + backward of one image with frozen weights) and every forward-only pass it needs
+(clean predictions, judging each adversarial example, black-box queries), each at the per-image time of a
+full batch of the sweep's size on the same model and device. Everything else - the attack's own per-step
+work in ART, the hook that sees every iterate, batch remainders, files, checks, start-up inside the call -
+is the overhead the ratios show.
+
+The work is counted, not estimated: one untimed run of the same sweep (same seed, so the same random starts
+and the same survivors) counts the images of every outermost forward pass, under autograd (a gradient
+step) or not, split into the attack and probe cells and the rest (model checks, the clean cell, the gallery).
+For FGSM and PGD that count equals survivors x steps (tested in tests/test_benchmarks.py).
+
+Attack time is the sum of the attack and probe cells' seconds (results.csv); wall time is the whole
+`robustcnn.sweep(...)` call in this process (models and data loaded, checks, every cell, files written;
+the report is off: it is timed in the report section). Rounds are interleaved with the per-image timings,
+so a burst of load hits the sweep and its limit alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import tomllib
+import torch
+import torch.nn.functional as F
+
+import robustcnn
+from benchmarks.table import Row
+from benchmarks.timing import sync
+from robustcnn.attacks import ATTACKS
+from robustcnn.runs import load_run
+from robustcnn.sweep import runner
+from robustcnn.sweep.suite import find_suite
+
+ATTACK_TARGET = 1.15  # the standard sweep's attack cells may cost at most this many times their limit
+WALL_TARGET = 1.25  # ... and the whole call this many times the limit of all its work
+TIMING_PASSES = 4  # full batches per per-image timing, taken before every cell (~0.1 s on 2 CPU cores)
+ATTACK_KINDS = ("attack", "probe")  # the cells whose seconds are the attack time
+
+
+@dataclass
+class Work:
+    """Images through the model, per cell (by cache key; "" is everything outside cells), by kind of pass."""
+
+    gradient: dict[str, int] = field(default_factory=dict)  # images of forward passes under autograd
+    forward: dict[str, int] = field(default_factory=dict)  # images of forward-only passes
+
+    def add(self, where: str, images: int, gradient: bool) -> None:
+        counts = self.gradient if gradient else self.forward
+        counts[where] = counts.get(where, 0) + images
+
+    def seconds(self, where: str, per_gradient: float, per_forward: float) -> float:
+        return self.gradient.get(where, 0) * per_gradient + self.forward.get(where, 0) * per_forward
+
+    def total(self, cells: set[str] | None = None) -> tuple[int, int]:
+        keep = lambda where: cells is None or where in cells  # noqa: E731
+        return (sum(v for k, v in self.gradient.items() if keep(k)), sum(v for k, v in self.forward.items() if keep(k)))
+
+
+@contextlib.contextmanager
+def around_cells(before_cell) -> Iterator[None]:
+    """Calls before_cell(sweep, subject, kind, key) before every cell of a sweep, and before_cell(..., None, "")
+    after it (benchmark instrumentation: the sweep itself is unchanged)."""
+    cell = runner.Sweep._cell
+
+    def wrapped(self, subject, spec, kind, parts, compute):
+        before_cell(self, subject, kind, self._keys(subject, **parts)[0])
+        try:
+            return cell(self, subject, spec, kind, parts, compute)
+        finally:
+            before_cell(self, subject, None, "")
+
+    runner.Sweep._cell = wrapped
+    try:
+        yield
+    finally:
+        runner.Sweep._cell = cell
+
+
+@contextlib.contextmanager
+def counting(work: Work, image_shape: tuple[int, ...]) -> Iterator[None]:
+    """Counts the images of every outermost module call on images (nested submodule calls are not passes)."""
+    depth, where = [0], [""]
+
+    def before(module, inputs):
+        depth[0] += 1
+
+    def after(module, inputs, output):
+        depth[0] -= 1
+        x = inputs[0] if inputs else None
+        if depth[0] == 0 and isinstance(x, torch.Tensor) and tuple(x.shape[1:]) == image_shape:
+            work.add(where[0], len(x), torch.is_grad_enabled())
+
+    def enter(sweep, subject, kind, key):
+        where[0] = key
+
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(before)
+    post = torch.nn.modules.module.register_module_forward_hook(after)
+    try:
+        with around_cells(enter):
+            yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def bounded_suite(name: str, folder: Path) -> Path:
+    """A suite file with the bounded attacks of attacks/NAME.toml (the patch's cost is ART's image transforms,
+    not gradient work, so it has no gradient-work limit)."""
+    text = find_suite(name).read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    kept = [e for e in data["attack"] if ATTACKS.get(e["type"]).kind == "bounded"]
+    if len(kept) == len(data["attack"]):
+        path = folder / f"{name}.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+    from benchmarks.sweep_speed import _toml_value
+
+    lines = [f"description = {_toml_value(data.get('description', name))}"]
+    lines += [f"cascade = {str(data['cascade']).lower()}"] if "cascade" in data else []
+    for entry in kept:
+        lines += ["", "[[attack]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    path = folder / f"{name}-bounded.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Job:
+    models: tuple[Path, ...]
+    suite: Path
+    n: int
+    device: torch.device
+    batch_size: int
+    seed: int = 0
+
+    def sweep(self) -> pd.DataFrame:
+        with tempfile.TemporaryDirectory(prefix="bench-limit-") as out:
+            return robustcnn.sweep(
+                [str(p) for p in self.models], suite=str(self.suite), n=self.n, out=out, seed=self.seed,
+                device=str(self.device), batch_size=self.batch_size, report=False,
+            )  # fmt: skip
+
+
+def count_work(job: Job) -> Work:
+    """The passes one run of the sweep makes (untimed: the hooks slow every module call)."""
+    work = Work()
+    with counting(work, tuple(load_run(job.models[0]).dataset.shape)):
+        job.sweep()
+    return work
+
+
+def attack_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per attack or probe cell (a cell with several rows, e.g. a minimal attack, once)."""
+    return results[results.kind.isin(ATTACK_KINDS) & (results.cell != "")].drop_duplicates("cell")
+
+
+def per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int) -> tuple[float, float]:
+    """Plain PyTorch on the sweep's own module (frozen weights, channels-last) and a full batch: (seconds per
+    image of forward + backward wrt the input, seconds per image of a forward pass)."""
+    device = x.device
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(passes):
+        x_grad = x.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(x_grad), y), x_grad)
+    sync(device)
+    middle = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(passes):
+            model(x).argmax(1)
+    sync(device)
+    images = passes * len(x)
+    return (middle - started) / images, (time.perf_counter() - middle) / images
+
+
+@dataclass
+class Timings:
+    """The per-image limit times measured right before each cell of one timed sweep, and what measuring took."""
+
+    batch_size: int
+    per_cell: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seconds: float = 0.0  # spent measuring: taken out of the sweep's wall time
+
+    def before_cell(self, sweep, subject, kind, key) -> None:
+        if not key:
+            return
+        started = time.perf_counter()
+        x = subject.data.images(slice(0, self.batch_size)).to(subject.target.device)
+        y = subject.data.y[: self.batch_size].to(subject.target.device)
+        self.per_cell[key] = per_image(subject.model, x, y, TIMING_PASSES)
+        self.seconds += time.perf_counter() - started
+
+    def mean(self) -> tuple[float, float]:
+        values = list(self.per_cell.values())
+        return tuple(sum(v[i] for v in values) / len(values) for i in range(2))
+
+
+@dataclass
+class Rounds:
+    attack: list[float] = field(default_factory=list)  # seconds of the attack cells
+    wall: list[float] = field(default_factory=list)  # seconds of the whole call, the timings taken out
+    attack_limit: list[float] = field(default_factory=list)
+    wall_limit: list[float] = field(default_factory=list)
+
+    def ratios(self, which: str) -> list[float]:
+        return [t / limit for t, limit in zip(getattr(self, which), getattr(self, f"{which}_limit"), strict=True)]
+
+
+def measure_job(job: Job, repeats: int) -> tuple[Rounds, Work]:
+    """Counts the work once, then times the sweep `repeats` times, each cell's limit timed right before it."""
+    work = count_work(job)
+    rounds = Rounds()
+    for _ in range(repeats):
+        timings = Timings(job.batch_size)
+        with around_cells(timings.before_cell):
+            started = time.perf_counter()
+            results = job.sweep()
+            rounds.wall.append(time.perf_counter() - started - timings.seconds)
+        cells = attack_cells(results)
+        rounds.attack.append(float(cells.seconds.sum()))
+        rounds.attack_limit.append(sum(work.seconds(key, *timings.per_cell[key]) for key in cells.cell))
+        mean = timings.mean()
+        outside = set(work.gradient) | set(work.forward)
+        rounds.wall_limit.append(sum(work.seconds(key, *timings.per_cell.get(key, mean)) for key in outside))
+    return rounds, work
+
+
+def measure(
+    models: list[Path], n: int, aa_n: int | None, device: torch.device, batch: int, repeats: int, seed: int = 0
+) -> list[Row]:
+    """The standard suite's bounded attacks on each model, and (aa_n images) the autoattack-grade suite on the
+    last one, in one round: its Square attack takes minutes."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-limit-suites-") as tmp:
+        standard = bounded_suite("standard", Path(tmp))
+        for path in models:
+            job = Job((path,), standard, n, device, batch, seed)
+            rows += _rows(job, *measure_job(job, repeats), "standard suite without the patch", target=True)
+        if aa_n:
+            grade = bounded_suite("autoattack-grade", Path(tmp))
+            job = Job((models[-1],), grade, aa_n, device, batch, seed)
+            rows += _rows(job, *measure_job(job, 1), "autoattack-grade suite", target=False)
+    return rows
+
+
+def _median(values: list[float]) -> float:
+    return float(pd.Series(values).median())
+
+
+def _ratios(values: list[float]) -> str:
+    return "ratios " + " / ".join(f"{r:.3g}" for r in values)
+
+
+def _rows(job: Job, rounds: Rounds, work: Work, suite: str, target: bool) -> list[Row]:
+    where = f"{suite}, {', '.join(p.name for p in job.models)}, n={job.n}, batch {job.batch_size}"
+    cells = (set(work.gradient) | set(work.forward)) - {""}
+    attack = work.total(cells)
+    everything = work.total()
+    counted = (
+        f"counted: {attack[0]:,} input gradients + {attack[1]:,} forward-only images in the cells; "
+        f"{everything[0] - attack[0]:,} + {everything[1] - attack[1]:,} outside them (checks, gallery)"
+    )
+    common = {"repeats": len(rounds.wall), "baseline": "gradient-work limit (plain PyTorch x counted passes)"}
+    return [
+        Row("sweep-limit", f"attack cells / their gradient-work limit ({where})", _median(rounds.ratios("attack")),
+            "x limit", target=f"<= {ATTACK_TARGET:g}" if target else "", seconds=_median(rounds.attack),
+            spread=_ratios(rounds.ratios("attack")), baseline_seconds=_median(rounds.attack_limit), note=counted,
+            **common),
+        Row("sweep-limit", f"whole sweep call / the limit of all its work ({where})", _median(rounds.ratios("wall")),
+            "x limit", target=f"<= {WALL_TARGET:g}" if target else "", seconds=_median(rounds.wall),
+            spread=_ratios(rounds.ratios("wall")), baseline_seconds=_median(rounds.wall_limit),
+            note="in-process (imports excluded), report off", **common),
+    ]  # fmt: skip
