@@ -1,6 +1,6 @@
 """python -m benchmarks.run: how fast robustcnn is, side by side with what users would use instead.
 
-    python -m benchmarks.run                        # the committed figures, ~20 min on 2 CPU cores
+    python -m benchmarks.run                        # the committed figures, ~80 min on 2 CPU cores
     python -m benchmarks.run --quick --out /tmp/b   # a smoke run of every section, seconds
     python -m benchmarks.run --only sweep,attack    # some sections (external: models from elsewhere)
 
