@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import robustcnn
+from benchmarks.sweep_speed import suite_toml
 from benchmarks.table import Row
 from benchmarks.timing import sync
 from robustcnn.attacks import ATTACKS
@@ -59,6 +60,10 @@ class Work:
 
     def seconds(self, where: str, per_gradient: float, per_forward: float) -> float:
         return self.gradient.get(where, 0) * per_gradient + self.forward.get(where, 0) * per_forward
+
+    def places(self) -> set[str]:
+        """Every cell key with counted work, and "" when there was work outside cells."""
+        return set(self.gradient) | set(self.forward)
 
     def total(self, cells: set[str] | None = None) -> tuple[int, int]:
         keep = lambda where: cells is None or where in cells  # noqa: E731
@@ -115,21 +120,11 @@ def counting(work: Work, image_shape: tuple[int, ...]) -> Iterator[None]:
 def bounded_suite(name: str, folder: Path) -> Path:
     """A suite file with the bounded attacks of attacks/NAME.toml (the patch's cost is ART's image transforms,
     not gradient work, so it has no gradient-work limit)."""
-    text = find_suite(name).read_text(encoding="utf-8")
-    data = tomllib.loads(text)
+    data = tomllib.loads(find_suite(name).read_text(encoding="utf-8"))
     kept = [e for e in data["attack"] if ATTACKS.get(e["type"]).kind == "bounded"]
-    if len(kept) == len(data["attack"]):
-        path = folder / f"{name}.toml"
-        path.write_text(text, encoding="utf-8")
-        return path
-    from benchmarks.sweep_speed import _toml_value
-
-    lines = [f"description = {_toml_value(data.get('description', name))}"]
-    lines += [f"cascade = {str(data['cascade']).lower()}"] if "cascade" in data else []
-    for entry in kept:
-        lines += ["", "[[attack]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
-    path = folder / f"{name}-bounded.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = folder / (f"{name}.toml" if len(kept) == len(data["attack"]) else f"{name}-bounded.toml")
+    settings = {key: value for key, value in data.items() if key != "attack"}
+    path.write_text(suite_toml(settings, kept), encoding="utf-8")
     return path
 
 
@@ -229,8 +224,7 @@ def measure_job(job: Job, repeats: int) -> tuple[Rounds, Work]:
         rounds.attack.append(float(cells.seconds.sum()))
         rounds.attack_limit.append(sum(work.seconds(key, *timings.per_cell[key]) for key in cells.cell))
         mean = timings.mean()
-        outside = set(work.gradient) | set(work.forward)
-        rounds.wall_limit.append(sum(work.seconds(key, *timings.per_cell.get(key, mean)) for key in outside))
+        rounds.wall_limit.append(sum(work.seconds(key, *timings.per_cell.get(key, mean)) for key in work.places()))
     return rounds, work
 
 
@@ -262,7 +256,7 @@ def _ratios(values: list[float]) -> str:
 
 def _rows(job: Job, rounds: Rounds, work: Work, suite: str, target: bool) -> list[Row]:
     where = f"{suite}, {', '.join(p.name for p in job.models)}, n={job.n}, batch {job.batch_size}"
-    cells = (set(work.gradient) | set(work.forward)) - {""}
+    cells = work.places() - {""}
     attack = work.total(cells)
     everything = work.total()
     counted = (

@@ -64,9 +64,19 @@ class Job:
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def suite_toml(settings: dict, entries: list[dict]) -> str:
+    """A suite file's text: its top-level settings, then one [[attack]] table per entry."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    for entry in entries:
+        lines += ["", "[[attack]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_suite(folder: Path, pgd_steps: int | None = None) -> Path:
@@ -75,13 +85,12 @@ def write_suite(folder: Path, pgd_steps: int | None = None) -> Path:
     entries = [dict(e) for e in data["attack"] if e["name"] in ATTACKS]
     if [e["name"] for e in entries] != list(ATTACKS):
         raise UsageError(f"attacks/standard.toml no longer has the entries {', '.join(ATTACKS)}")
-    lines = ['description = "fgsm and pgd-linf of the standard suite (benchmark)"']
     for entry in entries:
         if pgd_steps is not None and entry["type"] == "pgd":
             entry["steps"] = pgd_steps
-        lines += ["", "[[attack]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     path = folder / "bench-standard.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = {"description": "fgsm and pgd-linf of the standard suite (benchmark)"}
+    path.write_text(suite_toml(settings, entries), encoding="utf-8")
     return path
 
 

@@ -72,7 +72,7 @@ def test_without_the_demo_models_it_says_to_run_make_demo(tmp_path, monkeypatch,
 
 
 COUNT_SUITE = """
-description = "fgsm and pgd at two radii, no probe (the counting test)"
+description = "fgsm and pgd at two radii (the counting test)"
 [[attack]]
 name = "fgsm"
 type = "fgsm"

@@ -235,6 +235,11 @@ class IterateRecorder:
         return x_adv
 
 
+def art_norm(norm: int | float | str) -> float:
+    """ART's norm setting ("inf", np.inf, 2, ...) as a number."""
+    return math.inf if norm in ("inf", np.inf) else float(norm)
+
+
 def projection(values: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
     """ART's PGD projection onto the eps ball (`ProjectedGradientDescentPyTorch._projection`), bit for bit,
     for a scalar eps and the Linf or L2 norm.
@@ -265,7 +270,8 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
     keep_inf = {"nan": 0.0, "posinf": math.inf, "neginf": -math.inf}  # ART replaces NaN by 0 and keeps infinities
     grad = attack.estimator.loss_gradient(x=x, y=y)
     grad = torch.nan_to_num(-grad if attack.targeted else grad, **keep_inf)
-    linf = attack.norm in ("inf", np.inf)
+    norm = art_norm(attack.norm)
+    linf = norm == math.inf
     if linf:
         direction = grad.sign()  # in {-1, 0, 1}: ART's NaN check of the step below can find nothing
     else:  # L2: ART's |g| / ||g|| ** (2 - 1) * sign(g) is g / ||g||: rounding is symmetric, x ** 1 is x
@@ -277,7 +283,7 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
         step = torch.nan_to_num(step, **keep_inf)
     low, high = attack.estimator.clip_values
     x_adv = torch.clamp(x + step, float(low), float(high))
-    return projection(x_adv - x_init, eps, math.inf if linf else 2.0) + x_init
+    return projection(x_adv - x_init, eps, norm) + x_init
 
 
 @functools.cache
@@ -289,7 +295,7 @@ def pgd_class() -> type:
     class Pgd(ProjectedGradientDescentPyTorch):
         @staticmethod
         def _projection(values, eps, norm_p, *, suboptimal=True):
-            norm = math.inf if norm_p in ("inf", np.inf) else float(norm_p)
+            norm = art_norm(norm_p)
             if np.ndim(eps) == 0 and eps >= 0 and norm in (math.inf, 2.0):
                 return projection(values, float(eps), norm)
             return ProjectedGradientDescentPyTorch._projection(values, eps, norm_p, suboptimal=suboptimal)
@@ -302,7 +308,7 @@ def pgd_class() -> type:
                 and self.summary_writer is None
                 and np.ndim(eps) == 0
                 and np.ndim(eps_step) == 0
-                and self.norm in ("inf", np.inf, 2, 2.0)
+                and art_norm(self.norm) in (math.inf, 2.0)
                 and self.estimator.clip_values is not None
             )
             if not lean:  # the first step (random start) and every case the lean step does not cover
