@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the build on our CI image (pip takes it from local disk there); any torch >= 2.1 works.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install browser demo test test-all lint bench clean
+.PHONY: install browser demo certified test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ demo: install
 	$(BIN)/python -m robustcnn.train --dataset mnist5k --out runs/demo-std --overwrite
 	$(BIN)/python -m robustcnn.train --dataset mnist5k --adv --out runs/demo-adv --overwrite
 	$(BIN)/python -m robustcnn.sweep runs/demo-std runs/demo-adv --suite quick --out reports/demo
+
+# Certified lower bounds beside the attacks (README "Certified lower bounds"): a certifiably trained ibpcnn
+# and the PGD-trained demo model (trained first if `make demo` has not run), the certified suite, the bracket.
+certified: install
+	test -d runs/demo-adv || $(BIN)/python -m robustcnn.train --dataset mnist5k --adv --out runs/demo-adv
+	$(BIN)/python -m robustcnn.train --dataset mnist5k --arch ibpcnn --adv --adv-method ibp --eps 0.2 \
+		--epochs 100 --eps-warmup 40 --batch-size 100 --out runs/demo-ibp --overwrite
+	$(BIN)/python -m robustcnn.sweep runs/demo-adv runs/demo-ibp --suite certified --out reports/certified
 
 test: install browser
 	$(BIN)/python -m pytest -q -m "not slow"

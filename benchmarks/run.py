@@ -31,6 +31,7 @@ SECTIONS = (
     "external",
     "train",
     "robust-train",
+    "certify",
     "data",
     "report",
 )
@@ -167,6 +168,11 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
             settings.update(train_size=config.train_size, epochs=1, eps_warmup=0)  # the quick run's smoke test
         steps = robust_train.PGD_STEPS if config.pgd_steps is None else config.pgd_steps
         return robust_train.measure(settings, device, config.robust_n, steps)
+    if section == "certify":
+        from benchmarks import certify_speed
+
+        crown_images = min(certify_speed.CROWN_IMAGES, max(1, config.n // 4))  # the quick run: a few
+        return certify_speed.measure(paths[-1], device, config.repeats, config.train_size, crown_images)
     if section == "data":
         from benchmarks import data_speed
 
@@ -176,7 +182,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "sweep-limit", "attack", "autoattack", "iterate", "external"} & set(config.only):
+    if not {"sweep", "sweep-limit", "attack", "autoattack", "iterate", "external", "certify"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 

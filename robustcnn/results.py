@@ -17,7 +17,9 @@ Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch 
 (per model, norm and eps: an example counts as robust only if no attack of that norm broke it at any eps
 up to this one - balls nest; the attack column says "worst-case" for Linf and "worst-case-l2" for L2), and
 "probe" (a few examples, the first `probe` of the subset, attacked afresh at every eps by each white-box
-attack whether clean-correct or not, and their clean row; the checks read them, the headline does not).
+attack whether clean-correct or not, and their clean row; the checks read them, the headline does not),
+and "certified" (a bound entry such as ibp or crown at one eps: the examples whose prediction is proven
+correct over the whole eps ball, a lower bound on robust accuracy; never part of the worst case).
 In a cascade suite each attack's rows count what it and every earlier attack of its norm left correct.
 """
 

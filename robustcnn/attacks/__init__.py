@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from robustcnn.attacks import apgd, fgsm, minimal, patch, pgd, square  # noqa: F401  (registers the attacks)
-from robustcnn.attacks.base import ATTACKS, Attack, BoundedAttack, MinimalAttack, PatchAttack, Target
+from robustcnn.attacks import apgd, certified, fgsm, minimal, patch, pgd, square  # noqa: F401  (registers the attacks)
+from robustcnn.attacks.base import ATTACKS, Attack, BoundedAttack, CertifiedBound, MinimalAttack, PatchAttack, Target
 
-__all__ = ["ATTACKS", "Attack", "BoundedAttack", "MinimalAttack", "PatchAttack", "Target", "attack_names"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "BoundedAttack",
+    "CertifiedBound",
+    "MinimalAttack",
+    "PatchAttack",
+    "Target",
+    "attack_names",
+]
 
 
 def attack_names() -> list[str]:

@@ -131,4 +131,18 @@ class PatchAttack(Attack):
         raise NotImplementedError
 
 
+class CertifiedBound(Attack):
+    """Not an attack: a proof. Flags an example only when no input in its eps ball can change the prediction
+    from the true label, so its accuracy is a lower bound on robust accuracy where attacks give upper bounds."""
+
+    kind = "certified"
+
+    def check_model(self) -> None:
+        """A one-line UsageError, before any work, when the model has something this bound cannot handle."""
+
+    def certify(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        """(n,) bool: proven correct at every input within eps of x (and in the pixel range)."""
+        raise NotImplementedError
+
+
 ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -486,12 +486,40 @@ def from_manifest(entry: dict[str, Any], model: str) -> list[Check]:
     return checks
 
 
+def certified_le_attacked(results: Results, model: str) -> Check:
+    """A certified accuracy is a lower bound, an attacked one an upper bound, on the same examples: an example
+    proven robust at eps cannot be broken by any attack at eps or below. Any certified row above an attack
+    row of its norm at the same eps is a bug in the bound or in the attack, never noise."""
+    name, rows = "certified-le-attacked", _rows(results, model)
+    proofs = [r for r in rows if r["kind"] == "certified"]
+    attacked = [r for r in rows if r["kind"] in ("attack", "worst-case") and not r["is_patch"]]
+    if not proofs:
+        return _check(name, Status.SKIP, "no certified rows for this model (add an ibp or crown entry)", model)
+    findings, pairs = [], 0
+    for proof in proofs:
+        for row in attacked:
+            if row["norm"] != proof["norm"] or abs(row["eps"] - proof["eps"]) > 1e-9 or row["n"] != proof["n"]:
+                continue
+            pairs += 1
+            above = proof["accuracy"] - row["accuracy"]
+            status = Status.FAIL if above > TINY else Status.PASS
+            findings.append((status, above, f"{describe_point(proof)}: certified {pct(proof)} is above "
+                             f"{describe_point(row)}: {pct(row)}"))  # fmt: skip
+    if not findings:
+        return _check(name, Status.SKIP, "no attack row at a certified row's norm and eps", model)
+    status, _, message = _worst(findings)
+    if status is Status.PASS:
+        return _check(name, status, f"all {len(proofs)} certified accuracies <= the attacks' ({pairs} pairs)", model)
+    return _check(name, status, message, model)
+
+
 RESULT_CHECKS: dict[str, Callable[[Results, str], Check]] = {
     "robust-le-clean": robust_le_clean,
     "monotone-eps": monotone_in_eps,
     "iterative-vs-single-step": iterative_beats_single_step,
     "steps-restarts": steps_restarts_converged,
     "black-box-vs-white-box": black_box_not_stronger,
+    "certified-le-attacked": certified_le_attacked,
 }  # the checks that need only the results table, by name
 TITLES = {
     "clean-accuracy": "clean accuracy is above chance level",
@@ -500,6 +528,7 @@ TITLES = {
     "iterative-vs-single-step": "iterative attacks are at least as strong as FGSM",
     "steps-restarts": "more steps or restarts change little",
     "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
+    "certified-le-attacked": "certified accuracy (a lower bound) is at most every attack's (upper bounds)",
     "large-eps": "accuracy is near zero at a very large eps",
     "catastrophic-overfitting": "no catastrophic overfitting in training",
     "trained-attack-gap": "no attack is far weaker than a stronger one at the training eps",

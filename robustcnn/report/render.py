@@ -13,6 +13,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from robustcnn.report import images
+from robustcnn.report.bracket import bracket
 from robustcnn.report.checks import DOCS, SEVERITY, TITLES, Check, Status, counts
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
@@ -62,6 +63,7 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "docs": DOCS,
         "curves": eps_figures(data, styles),
         "worst": worst_figure(data, styles),
+        "bracket": bracket_section(data, styles),
         "patches": patch_sections(data, styles),
         "galleries": galleries(data),
         "training": training_figure(data, styles),
@@ -139,6 +141,35 @@ def worst_figure(data: SweepData, styles: dict) -> Markup | None:
         axis = f"eps ({_norm_label(norm)}, pixels in [0, 1])"
         panels.append(Panel(curves, axis, "worst-case accuracy", reference=_shared_reference(data, norm)))
     return figure_svg(panels, styles, "worst")
+
+
+def bracket_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
+    """Per threat model with certified rows: each model's lowest attacked accuracy (solid) and its best certified
+    accuracy (dashed), the band between them shaded: the true robust accuracy lies in it."""
+    table = bracket(data.results)
+    if table.empty:
+        return None
+    panels = []
+    for norm, group in table.groupby("norm", sort=False):
+        curves = []
+        for model, rows in group.groupby("model", sort=False):
+            rows = rows.sort_values("eps")
+            eps, low, high = rows["eps"].to_numpy(), rows["certified"].to_numpy(), rows["attacked"].to_numpy()
+            curves += [Curve(model, eps, high), Curve(model, eps, low, low, high, thin=True)]
+        axis = f"eps ({_norm_label(norm)}, pixels in [0, 1])"
+        panels.append(Panel(curves, axis, "robust accuracy", reference=_shared_reference(data, norm)))
+    rows = [
+        {
+            "model": r["model"],
+            "norm": _norm_label(r["norm"]),
+            "eps": format_eps(r["eps"]),
+            "certified": f"{r['certified'] * 100:.1f}% ({r['certified_by']})",
+            "attacked": f"{r['attacked'] * 100:.1f}% ({r['attacked_by']} at eps {format_eps(r['attacked_eps'])})",
+            "gap": f"{r['gap'] * 100:.1f} pp",
+        }
+        for r in table.to_dict("records")
+    ]
+    return {"svg": figure_svg(panels, styles, "bracket", columns=min(2, len(panels))), "rows": rows}
 
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:

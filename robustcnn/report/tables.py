@@ -18,6 +18,7 @@ from robustcnn.report.load import reference_eps
 from robustcnn.results import HeadlineEps
 
 WORST = "worst-case"
+CERTIFIED = "certified"
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,13 @@ class Cell:
 class Column:
     attack: str  # attack name in the suite, "clean" or "worst-case"
     eps: float | None  # the eps every model was read at, None when it differs between models
+    certified: bool = False  # a certified (proven) accuracy: a lower bound, where attacks give upper bounds
 
     @property
     def label(self) -> str:
-        return self.attack if self.eps is None else f"{self.attack} (eps {format_eps(self.eps)})"
+        notes = ["certified"] if self.certified else []
+        notes += [f"eps {format_eps(self.eps)}"] if self.eps is not None else []
+        return f"{self.attack} ({', '.join(notes)})" if notes else self.attack
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,11 @@ HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accur
 
 def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> Headline:
     results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
-    attacked = results[results["kind"].isin(("attack", WORST)) & ~results["is_patch"]]  # probes are for the checks
+    attacked = results[results["kind"].isin(("attack", CERTIFIED, WORST)) & ~results["is_patch"]]  # not the probes
     names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == "attack", "attack"]).tolist()]
+    proofs = pd.unique(attacked.loc[attacked["kind"] == CERTIFIED, "attack"]).tolist()  # lower bounds, not attacks
     worst = pd.unique(attacked.loc[attacked["kind"] == WORST, "attack"]).tolist()  # one per norm
-    names += worst
+    names += proofs + worst
     clean = dict(tuple(results[results["kind"] == "clean"].groupby("model", sort=False)))
     curves = dict(tuple(attacked.groupby(["model", "attack"], sort=False)))
     rows = []
@@ -76,8 +81,8 @@ def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest:
             else _attack_cell(curves.get((model, name)), name, entry, manifest)
             for name in names
         ]
-        rows.append((model, _mark_strongest(cells, names, set(worst))))
-    columns = [_column(name, [cells[i] for _, cells in rows]) for i, name in enumerate(names)]
+        rows.append((model, _mark_strongest(cells, names, set(worst) | set(proofs))))
+    columns = [_column(name, [cells[i] for _, cells in rows], name in proofs) for i, name in enumerate(names)]
     guessed = any(cell is not None and cell.guessed for _, cells in rows for cell in cells)
     return Headline(columns, rows, guessed)
 
@@ -125,9 +130,9 @@ def _mark_strongest(cells: list[Cell | None], names: list[str], worst: set[str])
     return marked
 
 
-def _column(name: str, cells: list[Cell | None]) -> Column:
+def _column(name: str, cells: list[Cell | None], certified: bool) -> Column:
     eps = {c.eps for c in cells if c is not None}
-    return Column(name, eps.pop() if len(eps) == 1 else None)
+    return Column(name, eps.pop() if len(eps) == 1 else None, certified)
 
 
 def text_table(table: Headline) -> str:
@@ -143,6 +148,9 @@ def text_table(table: Headline) -> str:
         for r in [header, *body]
     ]
     note = "accuracy in %, at each attack's reference eps; worst-case = every attack at once"
+    proofs = [column.attack for column in table.columns if column.certified]
+    if proofs:
+        note += f"; {', '.join(proofs)}: certified (proven) accuracy, a lower bound"
     if table.guessed:
         note += "; * no reference eps for this norm in the manifest: middle of the eps grid"
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], note])

@@ -51,6 +51,15 @@ def bounded(attack, target: Target, x: np.ndarray, y: np.ndarray, todo: np.ndarr
     return robust
 
 
+def certified(bound, target: Target, x: np.ndarray, y: np.ndarray, todo: np.ndarray, eps: float) -> np.ndarray:
+    """One eps: True where the prediction is proven correct over the whole ball; only `todo` is tried."""
+    proven = np.zeros(len(x), dtype=bool)
+    index = np.flatnonzero(todo)
+    if len(index):
+        proven[index] = bound.certify(x[index], y[index], eps)
+    return proven
+
+
 def minimal(attack, target: Target, x: np.ndarray, y: np.ndarray, correct: np.ndarray, grid) -> tuple:
     """One run answers every eps: (flags (len(grid), n), the distance each example needed, inf if none)."""
     index = np.flatnonzero(correct)

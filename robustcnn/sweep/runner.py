@@ -114,7 +114,7 @@ class Sweep:
         """Cells of one model: clean, one per eps of each bounded attack, one per other attack, one per probe."""
         count = 1
         for spec in self.suite.attacks:
-            count += len(self.grids[subject.id][spec.name]) if spec.kind == "bounded" else 1
+            count += len(self.grids[subject.id][spec.name]) if spec.kind in PER_EPS_KINDS else 1
             count += int(self._probes(spec))
         return count
 
@@ -192,6 +192,18 @@ class Sweep:
 
             self._cell(subject, spec, "attack", {"attack": spec.describe(), "eps": eps, **mode}, compute)
 
+    def _certified(self, subject: Subject, spec: AttackSpec, bound, x, y, correct) -> None:
+        """One cell per eps; each eps bounds only what the previous one certified (a proof at eps holds below it)."""
+        todo = correct
+        grid = self.grids[subject.id][spec.name]
+        for i, eps in enumerate(grid):
+
+            def compute(eps=eps, todo=todo) -> Cell:
+                return Cell([{"eps": eps}], cells.certified(bound, subject.target, x, y, todo, eps)[None], {})
+
+            parts = {"attack": spec.describe(), "eps": eps, "prior": list(grid[:i])}
+            todo = self._cell(subject, spec, "certified", parts, compute).flags[0]
+
     def _unbroken(self, subject: Subject, spec: AttackSpec, eps: float) -> np.ndarray:
         """Examples no finished row of this attack at a smaller eps broke (in a cascade: nor any earlier
         attack of its norm at an eps up to this one). Eps balls nest, so those broken stay broken."""
@@ -207,7 +219,7 @@ class Sweep:
     def _earlier(self, spec: AttackSpec) -> set[str]:
         """The attacks before `spec` in the suite with its norm: what a cascade runs `spec` after."""
         index = self.suite.attacks.index(spec)
-        return {s.name for s in self.suite.attacks[:index] if s.norm is spec.norm and s.kind != "patch"}
+        return {s.name for s in self.suite.attacks[:index] if s.norm is spec.norm and s.kind in ATTACK_KINDS}
 
     def _cascade_identity(self, subject: Subject, spec: AttackSpec) -> dict[str, Any]:
         if not self.suite.cascade:
@@ -461,7 +473,14 @@ class Sweep:
         write_json(self.out / MANIFEST_FILE, self.manifest)
 
 
-RUNS = {"bounded": Sweep._bounded, "minimal": Sweep._minimal, "patch": Sweep._patch}  # attack kind -> its cells
+RUNS = {  # attack kind -> its cells
+    "bounded": Sweep._bounded,
+    "minimal": Sweep._minimal,
+    "patch": Sweep._patch,
+    "certified": Sweep._certified,
+}
+PER_EPS_KINDS = ("bounded", "certified")  # one cell per eps (the others: one cell for the whole grid)
+ATTACK_KINDS = ("bounded", "minimal")  # attacks whose rows bound robust accuracy from above at an eps
 PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
 PROGRESS_COST_FACTOR = 50  # ... and at most once per this many times what the last rewrite took (<= 2% of the time)
 TOLERANCE = 1e-9  # eps are compared with this slack (grids come from fractions such as 1/3 x 0.3)
@@ -536,6 +555,9 @@ def plan_grids(subjects: list[Subject], suite: Suite) -> dict[str, dict[str, tup
     for subject in subjects:
         try:
             grids[subject.id] = {spec.name: spec.grid(subject.info) for spec in suite.attacks}
+            for spec in suite.attacks:
+                if spec.kind == "certified":  # an unsupported layer: one line now, not after an hour of attacks
+                    spec.attack_class(spec.name, spec.norm, spec.params, subject.target).check_model()
         except UsageError as error:
             raise UsageError(f"{suite.path}: model {subject.id!r}: {error}") from None
     return grids

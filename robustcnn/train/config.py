@@ -17,6 +17,7 @@ class AdvMethod(str, Enum):
     FGSM_RS = "fgsm-rs"  # Wong et al. 2020: one step from a random start, ~k times cheaper than PGD-k
     TRADES = "trades"  # Zhang et al. 2019: clean CE + beta * KL(clean || adversarial)
     N_FGSM = "n-fgsm"  # de Jorge et al. 2022: one step of eps from x + noise in [-2 eps, 2 eps], no projection
+    IBP = "ibp"  # Gowal et al. 2018: certified training on interval bounds (no attack)
 
 
 ONE_STEP = {AdvMethod.FGSM_RS: 1.25, AdvMethod.N_FGSM: 1.0}  # single-step methods -> their default step / eps
@@ -56,7 +57,7 @@ class TrainConfig:
     weight_decay: float | None = option(None, "L2 penalty; default 5e-4 for sgd, 0 for adam", non_negative_float)
     schedule: Schedule = option(Schedule.COSINE, "learning-rate schedule over steps", enum_parser(Schedule))
     adv: bool = option(False, "train adversarially (PGD unless --adv-method says otherwise)", BOOL)
-    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, trades, fgsm-rs or n-fgsm", enum_parser(AdvMethod))
+    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, trades, fgsm-rs, n-fgsm or ibp", enum_parser(AdvMethod))
     eps: float | None = option(
         None, "attack radius in [0,1] pixel units, e.g. 0.3 or 8/255; default: the dataset's", _eps
     )

@@ -153,6 +153,46 @@ class TradesTraining(PgdTraining):
         return F.cross_entropy(clean, y) + self.config.beta * robust, adv
 
 
+@METHODS.register("ibp")
+class IbpTraining(Method):
+    """Gowal et al. (2018), certified training: kappa * CE(clean logits) + (1 - kappa) * CE(worst-case logits),
+    the worst case read off interval bounds over the eps ball (the true class at its lower bound, every other
+    class at its upper bound). kappa goes from 1 to 0.5 as eps ramps up (--eps-warmup), as in the paper.
+    No attack is run: the bound is a forward pass of intervals, about twice a clean step."""
+
+    def __init__(self, model, config, info, device):
+        from robustcnn.certify.bounds import check_model
+        from robustcnn.errors import UsageError
+
+        super().__init__(model, config, info, device)
+        try:
+            check_model(model.eval())
+        except UsageError as error:
+            raise UsageError(f"--adv-method ibp bounds the model while it trains: {error}") from None
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise UsageError(
+                "--adv-method ibp: BatchNorm normalises with batch statistics while training, which "
+                "interval bounds do not cover; pick an --arch without it (ibpcnn, smallcnn, lenet5)"
+            )
+
+    def loss(self, x, y, eps):
+        from robustcnn.certify.bounds import bounds
+
+        self.model.train()
+        logits = self.model(x)
+        clean = F.cross_entropy(logits, y)
+        if eps <= 0:
+            return clean, logits
+        margins = bounds(
+            self.model, x, eps, self.config.constraint, "ibp", y=y, num_classes=self.info.num_classes,
+            dtype=torch.float32, differentiable=True,
+        )  # fmt: skip
+        worst = torch.cat([torch.zeros_like(margins.lower[:, :1]), -margins.lower], dim=1)  # true class first
+        robust = F.cross_entropy(worst, torch.zeros_like(y))
+        kappa = 1.0 - 0.5 * min(1.0, eps / self.config.eps)
+        return kappa * clean + (1.0 - kappa) * robust, logits
+
+
 def build_method(model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device) -> Method:
     name = config.adv_method.value if config.adv else "standard"
     return METHODS.get(name)(model, config, info, device)

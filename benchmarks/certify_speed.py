@@ -1,0 +1,96 @@
+"""What certification costs: bound propagation per image, IBP against the forward passes it stands for, and a
+certified-training epoch against a clean one.
+
+- Certification time per 1000 images per eps, for `ibp` and `crown` alone (not crown's ibp-first shortcut,
+  which depends on how many images ibp certifies), on smallcnn (the PGD-trained demo model) and on ibpcnn
+  (the certified-training architecture; its cost does not depend on the weights). crown is timed on a
+  few images and scaled: it costs the same per image whatever the batch.
+- IBP's pass against 2 clean forward passes of the same batch, its theoretical cost (a centre and a
+  radius through every layer), in float32 as training runs it and in float64 as certification does.
+- One `--adv-method ibp` epoch against one clean epoch of the same network and data.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import robustcnn
+from benchmarks.table import Row
+from benchmarks.timing import sync
+from benchmarks.train_speed import stopwatch
+from robustcnn.certify.bounds import bounds, certified
+from robustcnn.models import ModelConfig, create_model
+from robustcnn.threat import Norm
+from robustcnn.train.loop import _Trainer
+
+EPS = 0.1  # Linf, the MNIST radius certified training is judged at
+CROWN_IMAGES = 8  # crown is slow: timed on this many images and scaled to 1000
+
+
+def _seconds(function, device: torch.device, repeats: int) -> float:
+    """Best of `repeats` (bounds are deterministic; the minimum is the least disturbed run)."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        function()
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _ibpcnn(device: torch.device) -> torch.nn.Module:
+    info = robustcnn.load_dataset("mnist5k", "test").info
+    return create_model(ModelConfig.for_dataset("ibpcnn", info)).to(device).eval()
+
+
+def measure(
+    demo_model: Path, device: torch.device, repeats: int, train_size: int | None, crown_images: int = CROWN_IMAGES
+) -> list[Row]:
+    test = robustcnn.load_dataset("mnist5k", "test")
+    x, y = test.images(slice(0, 256)).to(device), test.y[:256].to(device)
+    smallcnn = robustcnn.load_model(demo_model, device=str(device), channels_last=False)
+    models = {"smallcnn": smallcnn, "ibpcnn": _ibpcnn(device)}
+    rows = []
+    for name, model in models.items():
+        model.requires_grad_(False)
+        ibp = _seconds(lambda m=model: certified(m, x, y, EPS, Norm.LINF, "ibp", 10), device, repeats)
+        x_few, y_few = x[:crown_images], y[:crown_images]
+        crown = _seconds(lambda m=model, a=x_few, b=y_few: certified(m, a, b, EPS, Norm.LINF, "crown", 10), device, 1)
+        per_thousand = {"ibp": ibp * 1000 / len(x), "crown": crown * 1000 / crown_images}
+        for method, seconds in per_thousand.items():
+            timed_on = len(x) if method == "ibp" else crown_images
+            rows.append(Row("certify", f"{method} certification, 1000 images, one eps ({name}, Linf {EPS})", seconds,
+                            "s", seconds=seconds, repeats=repeats if method == "ibp" else 1,
+                            note=f"timed on {timed_on} images, float64"))  # fmt: skip
+        forward = _seconds(lambda m=model: [m(x) for _ in range(2)], device, repeats)
+        for dtype in (torch.float32, torch.float64):
+            interval = _seconds(lambda m=model, d=dtype: bounds(m, x, EPS, Norm.LINF, "ibp", dtype=d), device, repeats)
+            rows.append(Row("certify", f"IBP pass vs 2 clean forward passes ({name}, 256 images, {dtype})",
+                            interval / forward, "x 2 forwards", seconds=interval, baseline="2 clean forwards",
+                            baseline_seconds=forward, repeats=repeats))  # fmt: skip
+    rows.append(_training_epochs(device, train_size))
+    return rows
+
+
+def _training_epochs(device: torch.device, train_size: int | None) -> Row:
+    """The training part of one epoch each of a clean and an IBP-trained ibpcnn (eps at full size at once)."""
+    common = {"dataset": "mnist5k", "arch": "ibpcnn", "epochs": 1, "batch_size": 100, "device": str(device)}
+    if train_size:
+        common["train_size"] = train_size
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="bench-certify-") as tmp:
+        for method in ("standard", "ibp"):
+            extra = {"adv": True, "adv_method": "ibp", "eps": 0.15, "eps_warmup": 0} if method == "ibp" else {}
+            laps: list[float] = []
+            with stopwatch(_Trainer, "_epoch", laps, device):
+                robustcnn.train(**common, **extra, out=str(Path(tmp) / method))
+            seconds[method] = laps[0]
+    return Row("certify", "IBP-training epoch vs a clean epoch (ibpcnn, mnist5k, batch 100)",
+               seconds["ibp"] / seconds["standard"], "x clean epoch", seconds=seconds["ibp"],
+               baseline="clean epoch", baseline_seconds=seconds["standard"], repeats=1,
+               note="the training part of each epoch (validation apart); eps 0.15 from the first step")  # fmt: skip

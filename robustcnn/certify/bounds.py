@@ -1,0 +1,411 @@
+"""Bounds on a model's outputs over a whole eps ball, layer by layer: what certification is made of.
+
+Two methods share one pass over the model's layers:
+
+- `ibp` (interval bound propagation, Gowal et al. 2018): every activation in a box [lower, upper].
+  An affine layer maps a box exactly to the smallest box around its image; ReLU and max pooling are
+  monotone. Cheap (about two forward passes) and tight for models trained with it, loose otherwise.
+- `crown`: linear bounds in the input, L(x) <= activation <= U(x), carried forward from the input with
+  CROWN's relaxations (Zhang et al. 2018; the forward mode of Xu et al. 2020's LiRPA): affine layers are
+  exact, an unstable ReLU is bounded above by its chord and below by 0 or the identity, max pooling by
+  the input with the largest lower bound. Before every ReLU and pooling the box is the tighter of the
+  interval and the linear bounds evaluated over the ball, so `crown` is never looser than `ibp`.
+  Its cost grows with the input size times the layer sizes: it suits small networks on small images.
+
+The last linear layer is merged with the certification question (logit of the true class minus each other
+logit) before bounding, as both papers do: a margin whose lower bound is positive over the whole ball
+certifies that no input in it changes the prediction.
+
+Each layer type is one entry of `LAYERS`; a model with any other layer is refused before any work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcnn.errors import UsageError
+from robustcnn.threat import Norm
+
+METHODS = ("ibp", "crown")
+
+
+@dataclass(frozen=True)
+class Region:
+    """The inputs a certificate covers: the eps ball around each image, intersected with the pixel range."""
+
+    center: torch.Tensor  # (n, d) the images, flattened
+    low: torch.Tensor  # (n, d) the smallest box holding the region (Linf: the region itself)
+    high: torch.Tensor
+    eps: float
+    norm: Norm
+
+    @classmethod
+    def around(cls, x: torch.Tensor, eps: float, norm: Norm) -> Region:
+        center = x.flatten(1)
+        low, high = (center - eps).clamp(0.0, 1.0), (center + eps).clamp(0.0, 1.0)
+        return cls(center, low, high, eps, norm)
+
+    def extreme(self, a: torch.Tensor, b: torch.Tensor, side: int) -> torch.Tensor:
+        """Min (side -1) or max (side 1) of a . x + b over the region; coefficients a (n, d, k), offsets b (n, k)."""
+        mid, radius = (self.high + self.low) / 2, (self.high - self.low) / 2
+        value = torch.einsum("nd,ndk->nk", mid, a) + side * torch.einsum("nd,ndk->nk", radius, a.abs()) + b
+        if self.norm is Norm.L2:  # the ball itself (Cauchy-Schwarz): tighter than its box when eps is large
+            ball = torch.einsum("nd,ndk->nk", self.center, a) + side * self.eps * a.norm(dim=1) + b
+            value = torch.maximum(value, ball) if side < 0 else torch.minimum(value, ball)
+        return value
+
+
+@dataclass
+class Box:
+    lower: torch.Tensor  # (n, *shape)
+    upper: torch.Tensor
+
+    def intersect(self, other: Box) -> Box:
+        return Box(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+
+
+@dataclass
+class Linear:
+    """Bounds linear in the input: a_lower . x + b_lower <= activation <= a_upper . x + b_upper."""
+
+    a_lower: torch.Tensor  # (n, d, *shape)
+    b_lower: torch.Tensor  # (n, *shape)
+    a_upper: torch.Tensor
+    b_upper: torch.Tensor
+
+    @classmethod
+    def identity(cls, region: Region, shape: tuple[int, ...]) -> Linear:
+        n, d = region.center.shape
+        eye = torch.eye(d, dtype=region.center.dtype, device=region.center.device).expand(n, d, d)
+        a = eye.reshape(n, d, *shape)
+        zero = torch.zeros(n, *shape, dtype=region.center.dtype, device=region.center.device)
+        return cls(a, zero, a, zero)
+
+    @property
+    def exact(self) -> bool:
+        """Lower and upper are one affine function of the input (no relaxation yet): computed once."""
+        return self.a_lower is self.a_upper and self.b_lower is self.b_upper
+
+    def box(self, region: Region) -> Box:
+        n, d = self.a_lower.shape[:2]
+        shape = self.b_lower.shape[1:]
+        lower = region.extreme(self.a_lower.reshape(n, d, -1), self.b_lower.reshape(n, -1), side=-1)
+        upper = region.extreme(self.a_upper.reshape(n, d, -1), self.b_upper.reshape(n, -1), side=1)
+        return Box(lower.reshape(n, *shape), upper.reshape(n, *shape))
+
+
+# --- layers --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A layer z -> W z + c, given as W applied to a batch (`apply`), |W| applied (`apply_abs`) and c (`bias`)."""
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    apply_abs: Callable[[torch.Tensor], torch.Tensor]
+    bias: Callable[[torch.Tensor], torch.Tensor]  # c added to an output batch
+
+    def box(self, box: Box) -> Box:
+        mid, radius = (box.upper + box.lower) / 2, (box.upper - box.lower) / 2
+        centre, spread = self.bias(self.apply(mid)), self.apply_abs(radius)
+        return Box(centre - spread, centre + spread)
+
+    def linear(self, bounds: Linear, _: Box) -> Linear:
+        if bounds.exact:
+            a = self.apply(bounds.a_lower.flatten(0, 1))
+            a = a.reshape(*bounds.a_lower.shape[:2], *a.shape[1:])
+            b = self.bias(self.apply(bounds.b_lower))
+            return Linear(a, b, a, b)
+        # W+ L + W- U = W (L + U) / 2 - |W| (U - L) / 2: two passes of the layer instead of four
+        a_lower, a_upper = self._pair(bounds.a_lower, bounds.a_upper, flatten=2)
+        b_lower, b_upper = self._pair(bounds.b_lower, bounds.b_upper, flatten=1)
+        return Linear(a_lower, self.bias(b_lower), a_upper, self.bias(b_upper))
+
+    def _pair(self, lower: torch.Tensor, upper: torch.Tensor, flatten: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lead = lower.shape[:flatten]
+        mid = ((upper + lower) / 2).reshape(-1, *lower.shape[flatten:])
+        half = ((upper - lower) / 2).reshape(-1, *lower.shape[flatten:])
+        centre, spread = self.apply(mid), self.apply_abs(half)
+        return (centre - spread).reshape(*lead, *centre.shape[1:]), (centre + spread).reshape(*lead, *centre.shape[1:])
+
+
+def _channel_bias(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda t: t + values.view(1, -1, *([1] * (t.dim() - 2))).to(t.dtype)
+
+
+def _no_bias(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _conv(module: nn.Conv2d) -> Affine:
+    if module.padding_mode != "zeros":
+        raise UsageError(f"Conv2d with padding_mode={module.padding_mode!r}: certified bounds support 'zeros' only")
+    settings = {key: getattr(module, key) for key in ("stride", "padding", "dilation", "groups")}
+    weight = module.weight
+
+    def conv(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w.to(t.dtype), None, **settings)
+
+    bias = _channel_bias(module.bias) if module.bias is not None else _no_bias
+    return Affine(lambda t: conv(t, weight), lambda t: conv(t, weight.abs()), bias)
+
+
+def _linear(module: nn.Linear) -> Affine:
+    weight = module.weight
+
+    def bias(t: torch.Tensor) -> torch.Tensor:
+        return t if module.bias is None else t + module.bias.to(t.dtype)
+
+    return Affine(lambda t: t @ weight.to(t.dtype).T, lambda t: t @ weight.abs().to(t.dtype).T, bias)
+
+
+def _batch_norm(module: nn.modules.batchnorm._BatchNorm) -> Affine:
+    if module.training or module.running_mean is None:
+        raise UsageError(f"{type(module).__name__} must be in eval mode with running statistics to be bounded")
+    scale = torch.rsqrt(module.running_var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    shift = -module.running_mean * scale + (module.bias if module.bias is not None else 0)
+
+    def times(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: t * values.view(1, -1, *([1] * (t.dim() - 2))).to(t.dtype)
+
+    return Affine(times(scale), times(scale.abs()), _channel_bias(shift))
+
+
+def _positive(function: Callable[[torch.Tensor], torch.Tensor]) -> Affine:
+    """A linear layer with non-negative weights (pooling by averages, reshapes): W = |W|, no bias."""
+    return Affine(function, function, _no_bias)
+
+
+def _avg_pool(module: nn.AvgPool2d) -> Affine:
+    settings = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding}
+    extra = {"ceil_mode": module.ceil_mode, "count_include_pad": module.count_include_pad}
+    return _positive(lambda t: F.avg_pool2d(t, **settings, **extra, divisor_override=module.divisor_override))
+
+
+def _adaptive_avg_pool(module: nn.AdaptiveAvgPool2d) -> Affine:
+    return _positive(lambda t: F.adaptive_avg_pool2d(t, module.output_size))
+
+
+def _flatten(module: nn.Flatten) -> Affine:
+    if module.start_dim != 1:
+        raise UsageError(f"Flatten(start_dim={module.start_dim}): certified bounds support start_dim=1 only")
+    return _positive(lambda t: t.flatten(1, module.end_dim))
+
+
+def _identity(_: nn.Module) -> Affine:
+    return _positive(lambda t: t)
+
+
+@dataclass(frozen=True)
+class Relu:
+    def box(self, box: Box) -> Box:
+        return Box(box.lower.clamp(min=0), box.upper.clamp(min=0))
+
+    def linear(self, bounds: Linear, box: Box) -> Linear:
+        """CROWN's relaxation of each unstable ReLU (lower < 0 < upper): the chord above, and below the identity
+        when upper > -lower (else 0), the choice with the smaller area."""
+        lower, upper = box.lower, box.upper
+        active, unstable = lower >= 0, (lower < 0) & (upper > 0)
+        chord = upper / (upper - lower).clamp(min=1e-12)
+        slope_up = torch.where(active, 1.0, torch.where(unstable, chord, 0.0)).to(lower.dtype)
+        slope_low = (active | (unstable & (upper > -lower))).to(lower.dtype)
+        offset_up = torch.where(unstable, -chord * lower, 0.0).to(lower.dtype)
+        return Linear(
+            bounds.a_lower * slope_low.unsqueeze(1),
+            bounds.b_lower * slope_low,
+            bounds.a_upper * slope_up.unsqueeze(1),
+            bounds.b_upper * slope_up + offset_up,
+        )
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    module: nn.MaxPool2d
+
+    def _pool(self, t: torch.Tensor, indices: bool = False):
+        m = self.module
+        return F.max_pool2d(t, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=indices)
+
+    def box(self, box: Box) -> Box:
+        return Box(self._pool(box.lower), self._pool(box.upper))
+
+    def linear(self, bounds: Linear, box: Box) -> Linear:
+        """Below: the input with the largest lower bound (the max is at least any input). Above: that input's
+        upper bound where its lower bound beats every other input's upper bound (it is the max), else the
+        largest upper bound, a constant. Overlapping windows always take the constant (sound, simpler)."""
+        low_pooled, chosen = self._pool(box.lower, indices=True)
+        high_pooled = self._pool(box.upper)
+        n, c = chosen.shape[:2]
+        flat_chosen = chosen.flatten(2)  # (n, c, k): indices into each input channel's H * W
+        decided = torch.zeros_like(low_pooled, dtype=torch.bool)
+        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
+        if all(s >= k for s, k in zip(stride, kernel, strict=True)) and _pair(self.module.dilation) == (1, 1):
+            others = box.upper.flatten(2).scatter(2, flat_chosen, -math.inf).reshape(box.upper.shape)
+            decided = low_pooled >= self._pool(others)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # (n, [d,] c, H, W) -> the chosen inputs (n, [d,] c, h, w)
+            lead = t.shape[: t.dim() - 3]
+            index = flat_chosen.view(n, *([1] * (len(lead) - 1)), c, -1).expand(*lead, c, flat_chosen.shape[-1])
+            return t.flatten(-2).gather(-1, index).reshape(*lead, *low_pooled.shape[1:])
+
+        keep = decided.unsqueeze(1)
+        return Linear(
+            pick(bounds.a_lower),
+            pick(bounds.b_lower),
+            torch.where(keep, pick(bounds.a_upper), 0.0),
+            torch.where(decided, pick(bounds.b_upper), high_pooled),
+        )
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of the registry: how a module type becomes a bounding step."""
+
+    build: Callable[[nn.Module], Affine | Relu | MaxPool]
+
+
+LAYERS: dict[type[nn.Module], Layer] = {
+    nn.Conv2d: Layer(_conv),
+    nn.Linear: Layer(_linear),
+    nn.BatchNorm2d: Layer(_batch_norm),
+    nn.BatchNorm1d: Layer(_batch_norm),
+    nn.AvgPool2d: Layer(_avg_pool),
+    nn.AdaptiveAvgPool2d: Layer(_adaptive_avg_pool),
+    nn.Flatten: Layer(_flatten),
+    nn.Dropout: Layer(_identity),  # eval mode: the identity
+    nn.Identity: Layer(_identity),
+    nn.ReLU: Layer(lambda _: Relu()),
+    nn.MaxPool2d: Layer(MaxPool),
+}
+CONTAINERS = (nn.Sequential,)
+
+
+def supported_layers() -> list[str]:
+    return sorted(t.__name__ for t in (*LAYERS, *CONTAINERS) if not t.__name__.startswith("_")) + [
+        "robustcnn Normalized"
+    ]
+
+
+def layers(model: nn.Module) -> list[nn.Module]:
+    """The model as a chain of supported layers (containers unrolled), or one UsageError naming what is not."""
+    from robustcnn.models.base import Normalized
+
+    if isinstance(model, Normalized):
+        return [_Standardize(model.mean, model.std), *layers(model.net)]
+    if isinstance(model, CONTAINERS):
+        return [layer for child in model.children() for layer in layers(child)]
+    if type(model) not in LAYERS:
+        raise UsageError(
+            f"certified bounds do not support layer {type(model).__name__}; supported: {', '.join(supported_layers())}"
+        )
+    return [model]
+
+
+class _Standardize(nn.Module):
+    """(x - mean) / std per channel: the normalisation robustcnn models do inside."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.mean, self.std = mean.flatten(), std.flatten()
+
+
+LAYERS[_Standardize] = Layer(
+    lambda m: Affine(
+        lambda t: t / m.std.view(1, -1, 1, 1).to(t.dtype),
+        lambda t: t / m.std.abs().view(1, -1, 1, 1).to(t.dtype),
+        lambda t: t - (m.mean / m.std).view(1, -1, 1, 1).to(t.dtype),
+    )
+)
+
+
+def check_model(model: nn.Module) -> None:
+    """Raises the UsageError `layers` would, before any work."""
+    for layer in layers(model):
+        LAYERS[type(layer)].build(layer)
+
+
+# --- the pass ------------------------------------------------------------------------------------
+
+
+def margin_spec(last: nn.Linear | None, y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> Affine:
+    """z -> (logit[y] - logit[k]) for every k != y, per example, merged into the last linear layer when there is one."""
+    n = len(y)
+    others = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, num_classes)]) for c in range(num_classes)])
+    others = others.to(y.device)[y]  # (n, K - 1)
+    spec = F.one_hot(y, num_classes).to(dtype)[:, None, :] - F.one_hot(others, num_classes).to(dtype)  # (n, K-1, K)
+    if last is not None:
+        weight = spec @ last.weight.to(dtype)  # (n, K - 1, features)
+        offset = spec @ last.bias.to(dtype) if last.bias is not None else torch.zeros(n, num_classes - 1, dtype=dtype)
+    else:
+        weight, offset = spec, torch.zeros(n, num_classes - 1, dtype=dtype, device=y.device)
+    return _per_example(weight, offset.to(y.device))
+
+
+def _per_example(weight: torch.Tensor, offset: torch.Tensor) -> Affine:
+    """A linear layer whose weight differs per example: t is (n * m, features) or (n, features)."""
+    n = len(weight)
+
+    def apply(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        grouped = t.reshape(n, -1, t.shape[-1])  # (n, m, features)
+        return torch.einsum("nmf,nkf->nmk", grouped, w.to(t.dtype)).reshape(len(t), -1)
+
+    def bias(t: torch.Tensor) -> torch.Tensor:
+        return (t.reshape(n, -1, t.shape[-1]) + offset.to(t.dtype)[:, None]).reshape(t.shape)
+
+    return Affine(lambda t: apply(t, weight), lambda t: apply(t, weight.abs()), bias)
+
+
+def bounds(
+    model: nn.Module, x: torch.Tensor, eps: float, norm: Norm, method: str, y: torch.Tensor | None = None,
+    num_classes: int | None = None, dtype: torch.dtype = torch.float64, differentiable: bool = False,
+) -> Box:  # fmt: skip
+    """Bounds on the logits (y None) or on the margins logit[y] - logit[k], k != y (n, K - 1), over the ball
+    of radius eps around each image of x (n, C, H, W) in [0, 1]. `differentiable`: gradients flow to the
+    weights (certified training); float64 by default, so that rounding cannot make a bound unsound."""
+    if method not in METHODS:
+        raise UsageError(f"unknown bound method {method!r}; choose one of: {', '.join(METHODS)}")
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        steps = _steps(layers(model), y, num_classes, dtype)
+        x = x.to(dtype)
+        region = Region.around(x, eps, norm)
+        box = Box(region.low.view(x.shape), region.high.view(x.shape))
+        linear = Linear.identity(region, tuple(x.shape[1:])) if method == "crown" else None
+        for step in steps:
+            if linear is not None:
+                if not isinstance(step, Affine) and not (linear.exact and norm is Norm.LINF):
+                    box = box.intersect(linear.box(region))  # the tighter pre-activation bounds for the relaxation
+                linear = step.linear(linear, box)
+            box = step.box(box)
+        if linear is not None:
+            box = box.intersect(linear.box(region))
+    return box
+
+
+def _steps(chain: list[nn.Module], y: torch.Tensor | None, num_classes: int | None, dtype: torch.dtype) -> list:
+    """The bounding step of every layer; with labels, the last linear layer merged with the margins."""
+    steps = [LAYERS[type(layer)].build(layer) for layer in chain]
+    if y is None:
+        return steps
+    last = chain[-1] if isinstance(chain[-1], nn.Linear) else None
+    spec = margin_spec(last, y, last.out_features if last is not None else num_classes, dtype)
+    return [*steps[:-1], spec] if last is not None else [*steps, spec]
+
+
+def certified(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm, method: str, num_classes: int
+) -> torch.Tensor:
+    """(n,) bool: the prediction is y at every input of the eps ball, proven by the bounds."""
+    margins = bounds(model, x, eps, norm, method, y=y, num_classes=num_classes)
+    return (margins.lower > 0).all(1)
