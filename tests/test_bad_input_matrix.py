@@ -381,7 +381,7 @@ CASES = [
     Case("train-unknown-dataset", "train", lambda e: e.train("--dataset", "imagenet"),
          ("unknown dataset 'imagenet'", "choose one of: cifar10, digits")),
     Case("train-unknown-arch", "train", lambda e: e.train("--arch", "vgg16"),
-         ("unknown architecture 'vgg16'", "choose one of: lenet5")),
+         ("unknown architecture 'vgg16'", "choose one of: ibpcnn, lenet5")),
     Case("train-unknown-norm", "train", lambda e: e.train("--constraint", "l3"),
          ("unknown norm 'l3'", "choose one of: inf (Linf), 2 (L2)")),
     Case("train-eps-negative", "train", lambda e: e.train("--eps", "-0.1"),

@@ -90,7 +90,8 @@ def status(swept, how: str, name: str) -> str:
 def test_a_healthy_model_passes_every_check(swept):
     statuses = {name: c["status"] for name, c in swept["healthy"].items()}
     assert set(statuses.values()) <= {"pass", "skip"}, statuses
-    assert {k for k, v in statuses.items() if v == "skip"} <= {"steps-restarts", "catastrophic-overfitting"}
+    skipped = {"steps-restarts", "catastrophic-overfitting", "certified-le-attacked"}  # the last: no ibp/crown entry
+    assert {k for k, v in statuses.items() if v == "skip"} <= skipped
 
 
 @pytest.mark.parametrize(

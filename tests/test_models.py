@@ -13,10 +13,10 @@ SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "cifar10": (3, 32, 32)}
 
 
 def test_registry_lists_every_architecture():
-    assert model_names() == ["lenet5", "resnet18", "smallcnn", "wrn-28-10"]
+    assert model_names() == ["ibpcnn", "lenet5", "resnet18", "smallcnn", "wrn-28-10"]
 
 
-@pytest.mark.parametrize("arch", ["smallcnn", "lenet5", "resnet18", "wrn-28-10"])
+@pytest.mark.parametrize("arch", ["smallcnn", "lenet5", "ibpcnn", "resnet18", "wrn-28-10"])
 @pytest.mark.parametrize("dataset", sorted(SHAPES))
 def test_every_model_adapts_to_channels_size_and_classes(arch, dataset):
     info = dataset_info(dataset)
@@ -57,5 +57,5 @@ def test_amp_forward_runs_in_bf16_and_returns_float32_logits():
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="unknown architecture 'vgg'; choose one of: lenet5, resnet18"):
+    with pytest.raises(UsageError, match="unknown architecture 'vgg'; choose one of: ibpcnn, lenet5, resnet18"):
         create_model(ModelConfig("vgg", 1, 28, 28, 10, (0.5,), (0.5,)))

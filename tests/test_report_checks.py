@@ -43,6 +43,8 @@ def test_clean_table_passes_every_check():
     statuses = {(c.name, c.model): c.status for c in found}
     assert statuses.pop(("catastrophic-overfitting", "std")) is Status.SKIP  # standard training
     assert statuses.pop(("trained-attack-gap", "std")) is Status.SKIP
+    for model in ("std", "adv"):  # no ibp or crown rows in this table
+        assert statuses.pop(("certified-le-attacked", model)) is Status.SKIP
     assert set(statuses.values()) == {Status.PASS}, [c for c in found if c.status is not Status.PASS]
     assert {c.name for c in found} == set(checks.NAMES)
 
@@ -257,3 +259,30 @@ def test_clean_accuracy_at_chance_warns(accuracy, status):
 def test_clean_accuracy_needs_the_class_count():
     found = {(c.name, c.model): c for c in checks.run_checks(table(), {"adv": {}, "std": {}})}
     assert found[("clean-accuracy", "adv")].status is Status.SKIP
+
+
+def _with_certified(accuracy_at: dict[float, float]):
+    """The clean table plus ibp rows for the adv model at the given eps (accuracy per eps), n as the attacks'."""
+    from report_fixtures import row
+
+    def edit(frame):
+        import pandas as pd
+
+        rows = [
+            row("adv", "certified", "ibp", value, 500, eps=eps, attack_type="ibp", box="white", norm="inf")
+            for eps, value in accuracy_at.items()
+        ]
+        return pd.concat([frame, pd.DataFrame(rows).reindex(columns=frame.columns)], ignore_index=True)
+
+    return table(edit)
+
+
+def test_certified_below_every_attack_passes_and_above_one_fails():
+    """A lower bound above an upper bound on the same images is a bug: fail, however small the excess."""
+    results = table()
+    pgd = accuracy_of(results, "adv", "pgd", 0.1)
+    below = checks.certified_le_attacked(_with_certified({0.1: pgd - 0.1, 0.2: 0.0}), "adv")
+    assert below.status is Status.PASS and "2 certified" in below.message
+    lowest = min(accuracy_of(results, "adv", a, 0.1) for a in ("fgsm", "pgd", "pgd-50", "apgd-ce", "square"))
+    above = checks.certified_le_attacked(_with_certified({0.1: lowest + 0.002}), "adv")  # one image in 500
+    assert above.status is Status.FAIL and "ibp at eps 0.1" in above.message

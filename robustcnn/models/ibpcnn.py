@@ -11,10 +11,11 @@ from robustcnn.models.base import MODELS, flat_features, require_size
 
 @MODELS.register("ibpcnn")
 def ibpcnn(in_channels: int, height: int, width: int, num_classes: int) -> nn.Module:
-    require_size("ibpcnn", height, width, 10)  # 4x4 stride 2, then 4x4
+    require_size("ibpcnn", height, width, 8)
+    pad = 0 if min(height, width) >= 10 else 1  # the paper's unpadded 4x4 convolutions leave nothing of 8x8 digits
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 4, stride=2), nn.ReLU(),  # (N, 16, 13, 13) on 28x28
-        nn.Conv2d(16, 32, 4, stride=1), nn.ReLU(),  # (N, 32, 10, 10)
+        nn.Conv2d(in_channels, 16, 4, stride=2, padding=pad), nn.ReLU(),  # (N, 16, 13, 13) on 28x28
+        nn.Conv2d(16, 32, 4, stride=1, padding=pad), nn.ReLU(),  # (N, 32, 10, 10)
         nn.Flatten(),
     )  # fmt: skip
     hidden = flat_features(features, in_channels, height, width)

@@ -25,7 +25,7 @@ def bracket(results: pd.DataFrame) -> pd.DataFrame:
         mine = mine[mine["eps"] <= eps + TOLERANCE]
         if mine.empty:
             continue
-        upper = mine.loc[mine["accuracy"].idxmin()]
+        upper = mine.sort_values(["accuracy", "eps"], ascending=[True, False]).iloc[0]  # ties: the nearest eps
         rows.append(
             {
                 "model": model,
