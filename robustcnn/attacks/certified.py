@@ -14,6 +14,7 @@ import torch
 
 from robustcnn.attacks.base import ATTACKS, CertifiedBound
 from robustcnn.config import INT, option
+from robustcnn.console import progress
 
 IBP_BATCH = 256  # images per interval pass: about two forward passes' memory
 
@@ -43,7 +44,8 @@ class _Propagated(CertifiedBound):
         proven = np.zeros(len(x), dtype=bool)
         for method in self.methods():
             todo = np.flatnonzero(~proven)
-            for start in range(0, len(todo), self.batch(method)):
+            batches = range(0, len(todo), self.batch(method))
+            for start in progress(batches, desc=f"{self.name} ({method}) eps={eps:.4g}", unit="batch"):
                 index = todo[start : start + self.batch(method)]
                 xb = torch.from_numpy(x[index]).to(self.target.device)
                 yb = torch.from_numpy(y[index]).to(self.target.device)
