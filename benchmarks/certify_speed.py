@@ -4,7 +4,7 @@ certified-training epoch against a clean one.
 - Certification time per 1000 images per eps, for `ibp` and `crown` alone (not crown's ibp-first shortcut,
   which depends on how many images ibp certifies), on smallcnn (the PGD-trained demo model) and on ibpcnn
   (the certified-training architecture; its cost does not depend on the weights). crown is timed on a
-  few images and scaled: it costs the same per image whatever the batch.
+  few images, once, and scaled: it costs the same per image whatever the batch.
 - IBP's pass against 2 clean forward passes of the same batch, its theoretical cost (a centre and a
   radius through every layer), in float32 as training runs it and in float64 as certification does.
 - One `--adv-method ibp` epoch against one clean epoch of the same network and data.
@@ -13,14 +13,13 @@ certified-training epoch against a clean one.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import robustcnn
 from benchmarks.table import Row
-from benchmarks.timing import sync
+from benchmarks.timing import interleaved
 from benchmarks.train_speed import stopwatch
 from robustcnn.certify.bounds import bounds, certified
 from robustcnn.models import ModelConfig, create_model
@@ -29,18 +28,7 @@ from robustcnn.train.loop import _Trainer
 
 EPS = 0.1  # Linf, the MNIST radius certified training is judged at
 CROWN_IMAGES = 8  # crown is slow: timed on this many images and scaled to 1000
-
-
-def _seconds(function, device: torch.device, repeats: int) -> float:
-    """Best of `repeats` (bounds are deterministic; the minimum is the least disturbed run)."""
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        function()
-        sync(device)
-        best = min(best, time.perf_counter() - started)
-    return best
+DTYPES = (torch.float32, torch.float64)  # IBP as training runs it, and as certification does
 
 
 def _ibpcnn(device: torch.device) -> torch.nn.Module:
@@ -55,25 +43,36 @@ def measure(
     x, y = test.images(slice(0, 256)).to(device), test.y[:256].to(device)
     smallcnn = robustcnn.load_model(demo_model, device=str(device), channels_last=False)
     models = {"smallcnn": smallcnn, "ibpcnn": _ibpcnn(device)}
-    rows = []
-    for name, model in models.items():
-        model.requires_grad_(False)
-        ibp = _seconds(lambda m=model: certified(m, x, y, EPS, Norm.LINF, "ibp", 10), device, repeats)
-        x_few, y_few = x[:crown_images], y[:crown_images]
-        crown = _seconds(lambda m=model, a=x_few, b=y_few: certified(m, a, b, EPS, Norm.LINF, "crown", 10), device, 1)
-        per_thousand = {"ibp": ibp * 1000 / len(x), "crown": crown * 1000 / crown_images}
-        for method, seconds in per_thousand.items():
-            timed_on = len(x) if method == "ibp" else crown_images
-            rows.append(Row("certify", f"{method} certification, 1000 images, one eps ({name}, Linf {EPS})", seconds,
-                            "s", seconds=seconds, repeats=repeats if method == "ibp" else 1,
-                            note=f"timed on {timed_on} images, float64"))  # fmt: skip
-        forward = _seconds(lambda m=model: [m(x) for _ in range(2)], device, repeats)
-        for dtype in (torch.float32, torch.float64):
-            interval = _seconds(lambda m=model, d=dtype: bounds(m, x, EPS, Norm.LINF, "ibp", dtype=d), device, repeats)
-            rows.append(Row("certify", f"IBP pass vs 2 clean forward passes ({name}, 256 images, {dtype})",
-                            interval / forward, "x 2 forwards", seconds=interval, baseline="2 clean forwards",
-                            baseline_seconds=forward, repeats=repeats))  # fmt: skip
+    rows = [
+        row for name, model in models.items() for row in _model_rows(name, model, x, y, device, repeats, crown_images)
+    ]
     rows.append(_training_epochs(device, train_size))
+    return rows
+
+
+def _model_rows(name: str, model, x, y, device: torch.device, repeats: int, crown_images: int) -> list[Row]:
+    model.requires_grad_(False)
+    x_few, y_few = x[:crown_images], y[:crown_images]
+    crown = interleaved({"crown": lambda _: certified(model, x_few, y_few, EPS, Norm.LINF, "crown", 10)}, 1, device)
+    variants = {  # interleaved rounds: each ratio comes from the same rounds
+        "ibp": lambda _: certified(model, x, y, EPS, Norm.LINF, "ibp", 10),
+        "forwards": lambda _: [model(x) for _ in range(2)],
+        **{str(d): lambda _, d=d: bounds(model, x, EPS, Norm.LINF, "ibp", dtype=d) for d in DTYPES},
+    }
+    timed = {**interleaved(variants, repeats, device), **crown}
+    rows = []
+    for method, images in (("ibp", len(x)), ("crown", crown_images)):
+        seconds = timed[method].median * 1000 / images
+        rows.append(Row("certify", f"{method} certification, 1000 images, one eps ({name}, Linf {EPS})", seconds,
+                        "s", seconds=seconds, spread=timed[method].spread, repeats=len(timed[method].seconds),
+                        note=f"timed on {images} images, float64"))  # fmt: skip
+    forwards = timed["forwards"]
+    for dtype in DTYPES:
+        interval = timed[str(dtype)]
+        rows.append(Row("certify", f"IBP pass vs 2 clean forward passes ({name}, 256 images, {dtype})",
+                        interval.median / forwards.median, "x 2 forwards", seconds=interval.median,
+                        spread=interval.spread, baseline="2 clean forwards", baseline_seconds=forwards.median,
+                        baseline_spread=forwards.spread, repeats=repeats))  # fmt: skip
     return rows
 
 

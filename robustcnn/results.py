@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+EPS_TOLERANCE = 1e-9  # eps are compared with this slack (grids come from fractions such as 1/3 x 0.3)
 RESULTS_FILE = "results.csv"
 MANIFEST_FILE = "manifest.json"
 CHECKS_FILE = "checks.json"

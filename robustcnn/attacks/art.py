@@ -265,9 +265,9 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
 
     The same float operations in the same order, minus ART's redundant passes over the batch (a multiply by
     1, an `any(isnan)` that syncs, a tensor of ones, float64 temporaries) and with every later pass done in
-    place on one buffer: measured 0.22 -> 0.08 ms (Linf) of work per step besides the gradient on 128 MNIST
-    images on 2 CPU cores, where ART's took 1.0-1.4 ms. tests/test_attacks.py compares it with ART's own
-    step, NaN and infinite gradients included.
+    place on one buffer: the step alone with a fixed gradient, 128 MNIST images on 2 CPU cores, measured
+    0.30 -> 0.12 ms (Linf) and 0.47 -> 0.35 ms (L2) against the previous lean step; ART's took 1.0-1.4 ms.
+    tests/test_attacks.py compares it with ART's own step, NaN and infinite gradients included.
     """
     keep_inf = {"nan": 0.0, "posinf": math.inf, "neginf": -math.inf}  # ART replaces NaN by 0 and keeps infinities
     grad = attack.estimator.loss_gradient(x=x, y=y)

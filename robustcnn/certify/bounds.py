@@ -135,8 +135,17 @@ class Affine:
         return (centre - spread).reshape(*lead, *centre.shape[1:]), (centre + spread).reshape(*lead, *centre.shape[1:])
 
 
+def _per_channel(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """values (C,) shaped to broadcast over t (N, C, ...) in t's dtype."""
+    return values.view(1, -1, *([1] * (t.dim() - 2))).to(t.dtype)
+
+
 def _channel_bias(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda t: t + values.view(1, -1, *([1] * (t.dim() - 2))).to(t.dtype)
+    return lambda t: t + _per_channel(values, t)
+
+
+def _channel_scale(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda t: t * _per_channel(values, t)
 
 
 def _no_bias(t: torch.Tensor) -> torch.Tensor:
@@ -172,11 +181,7 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm) -> Affine:
     if module.weight is not None:
         scale = scale * module.weight
     shift = -module.running_mean * scale + (module.bias if module.bias is not None else 0)
-
-    def times(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda t: t * values.view(1, -1, *([1] * (t.dim() - 2))).to(t.dtype)
-
-    return Affine(times(scale), times(scale.abs()), _channel_bias(shift))
+    return Affine(_channel_scale(scale), _channel_scale(scale.abs()), _channel_bias(shift))
 
 
 def _positive(function: Callable[[torch.Tensor], torch.Tensor]) -> Affine:
@@ -269,25 +274,18 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One entry of the registry: how a module type becomes a bounding step."""
-
-    build: Callable[[nn.Module], Affine | Relu | MaxPool]
-
-
-LAYERS: dict[type[nn.Module], Layer] = {
-    nn.Conv2d: Layer(_conv),
-    nn.Linear: Layer(_linear),
-    nn.BatchNorm2d: Layer(_batch_norm),
-    nn.BatchNorm1d: Layer(_batch_norm),
-    nn.AvgPool2d: Layer(_avg_pool),
-    nn.AdaptiveAvgPool2d: Layer(_adaptive_avg_pool),
-    nn.Flatten: Layer(_flatten),
-    nn.Dropout: Layer(_identity),  # eval mode: the identity
-    nn.Identity: Layer(_identity),
-    nn.ReLU: Layer(lambda _: Relu()),
-    nn.MaxPool2d: Layer(MaxPool),
+LAYERS: dict[type[nn.Module], Callable[[nn.Module], Affine | Relu | MaxPool]] = {  # module type -> its step
+    nn.Conv2d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm2d: _batch_norm,
+    nn.BatchNorm1d: _batch_norm,
+    nn.AvgPool2d: _avg_pool,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
+    nn.Flatten: _flatten,
+    nn.Dropout: _identity,  # eval mode: the identity
+    nn.Identity: _identity,
+    nn.ReLU: lambda _: Relu(),
+    nn.MaxPool2d: MaxPool,
 }
 CONTAINERS = (nn.Sequential,)
 
@@ -321,19 +319,17 @@ class _Standardize(nn.Module):
         self.mean, self.std = mean.flatten(), std.flatten()
 
 
-LAYERS[_Standardize] = Layer(
-    lambda m: Affine(
-        lambda t: t / m.std.view(1, -1, 1, 1).to(t.dtype),
-        lambda t: t / m.std.abs().view(1, -1, 1, 1).to(t.dtype),
-        lambda t: t - (m.mean / m.std).view(1, -1, 1, 1).to(t.dtype),
-    )
+LAYERS[_Standardize] = lambda m: Affine(
+    lambda t: t / _per_channel(m.std, t),
+    lambda t: t / _per_channel(m.std.abs(), t),
+    _channel_bias(-m.mean / m.std),
 )
 
 
 def check_model(model: nn.Module) -> None:
     """Raises the UsageError `layers` would, before any work."""
     for layer in layers(model):
-        LAYERS[type(layer)].build(layer)
+        LAYERS[type(layer)](layer)
 
 
 # --- the pass ------------------------------------------------------------------------------------
@@ -345,12 +341,12 @@ def margin_spec(last: nn.Linear | None, y: torch.Tensor, num_classes: int, dtype
     others = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, num_classes)]) for c in range(num_classes)])
     others = others.to(y.device)[y]  # (n, K - 1)
     spec = F.one_hot(y, num_classes).to(dtype)[:, None, :] - F.one_hot(others, num_classes).to(dtype)  # (n, K-1, K)
-    if last is not None:
-        weight = spec @ last.weight.to(dtype)  # (n, K - 1, features)
-        offset = spec @ last.bias.to(dtype) if last.bias is not None else torch.zeros(n, num_classes - 1, dtype=dtype)
+    weight = spec if last is None else spec @ last.weight.to(dtype)  # (n, K - 1, features)
+    if last is not None and last.bias is not None:
+        offset = spec @ last.bias.to(dtype)
     else:
-        weight, offset = spec, torch.zeros(n, num_classes - 1, dtype=dtype, device=y.device)
-    return _per_example(weight, offset.to(y.device))
+        offset = torch.zeros(n, num_classes - 1, dtype=dtype, device=y.device)
+    return _per_example(weight, offset)
 
 
 def _per_example(weight: torch.Tensor, offset: torch.Tensor) -> Affine:
@@ -395,7 +391,7 @@ def bounds(
 
 def _steps(chain: list[nn.Module], y: torch.Tensor | None, num_classes: int | None, dtype: torch.dtype) -> list:
     """The bounding step of every layer; with labels, the last linear layer merged with the margins."""
-    steps = [LAYERS[type(layer)].build(layer) for layer in chain]
+    steps = [LAYERS[type(layer)](layer) for layer in chain]
     if y is None:
         return steps
     last = chain[-1] if isinstance(chain[-1], nn.Linear) else None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-TOLERANCE = 1e-9
+from robustcnn.results import EPS_TOLERANCE
+
 COLUMNS = ["model", "norm", "eps", "certified", "certified_by", "attacked", "attacked_by", "attacked_eps", "gap"]
 
 
@@ -22,7 +23,7 @@ def bracket(results: pd.DataFrame) -> pd.DataFrame:
     for (model, norm, eps), group in proofs.groupby(["model", "norm", "eps"], sort=False):
         best = group.loc[group["accuracy"].idxmax()]
         mine = attacked[(attacked["model"] == model) & (attacked["norm"] == norm)]
-        mine = mine[mine["eps"] <= eps + TOLERANCE]
+        mine = mine[mine["eps"] <= eps + EPS_TOLERANCE]
         if mine.empty:
             continue
         upper = mine.sort_values(["accuracy", "eps"], ascending=[True, False]).iloc[0]  # ties: the nearest eps

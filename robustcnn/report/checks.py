@@ -23,7 +23,7 @@ import pandas as pd
 
 from robustcnn import overfitting as guard
 from robustcnn.report.format import describe_point, format_eps, pct
-from robustcnn.results import chance_level
+from robustcnn.results import EPS_TOLERANCE, chance_level
 
 DOCS = "docs/checks.md"
 TINY = 1e-9  # float slack: a Wilson bound of 0% comes out as 1e-17, and must not count as above 0%
@@ -495,12 +495,11 @@ def certified_le_attacked(results: Results, model: str) -> Check:
     attacked = [r for r in rows if r["kind"] in ("attack", "worst-case") and not r["is_patch"]]
     if not proofs:
         return _check(name, Status.SKIP, "no certified rows for this model (add an ibp or crown entry)", model)
-    findings, pairs = [], 0
+    findings = []
     for proof in proofs:
         for row in attacked:
-            if row["norm"] != proof["norm"] or abs(row["eps"] - proof["eps"]) > 1e-9 or row["n"] != proof["n"]:
+            if row["norm"] != proof["norm"] or abs(row["eps"] - proof["eps"]) > EPS_TOLERANCE or row["n"] != proof["n"]:
                 continue
-            pairs += 1
             above = proof["accuracy"] - row["accuracy"]
             status = Status.FAIL if above > TINY else Status.PASS
             findings.append((status, above, f"{describe_point(proof)}: certified {pct(proof)} is above "
@@ -509,7 +508,9 @@ def certified_le_attacked(results: Results, model: str) -> Check:
         return _check(name, Status.SKIP, "no attack row at a certified row's norm and eps", model)
     status, _, message = _worst(findings)
     if status is Status.PASS:
-        return _check(name, status, f"all {len(proofs)} certified accuracies <= the attacks' ({pairs} pairs)", model)
+        return _check(
+            name, status, f"all {len(proofs)} certified accuracies <= the attacks' ({len(findings)} pairs)", model
+        )
     return _check(name, status, message, model)
 
 

@@ -32,6 +32,7 @@ from robustcnn.errors import UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
 from robustcnn.results import (
     COLUMNS,
+    EPS_TOLERANCE,
     MANIFEST_FILE,
     RESULTS_FILE,
     HeadlineEps,
@@ -212,7 +213,7 @@ class Sweep:
         for done in self.done.get(subject.id, []):
             if done.spec is spec or (done.spec is not None and done.spec.name in earlier):
                 for _, row_eps, row_flags in done.evidence():
-                    if row_eps < eps - TOLERANCE or (done.spec is not spec and row_eps <= eps + TOLERANCE):
+                    if row_eps < eps - EPS_TOLERANCE or (done.spec is not spec and row_eps <= eps + EPS_TOLERANCE):
                         flags &= row_flags
         return flags
 
@@ -338,7 +339,7 @@ class Sweep:
         for norm in dict.fromkeys(norm for _, norm, _, _ in evidence):
             mine = [(name, eps, flags) for name, n, eps, flags in evidence if n == norm]
             for eps in sorted({eps for _, eps, _ in mine}):
-                within = [(name, flags) for name, e, flags in mine if e <= eps + TOLERANCE]
+                within = [(name, flags) for name, e, flags in mine if e <= eps + EPS_TOLERANCE]
                 flags = np.logical_and.reduce([correct, *(f for _, f in within)])
                 row = self._row(subject, None, "worst-case", flags, "", eps=eps)
                 names = list(dict.fromkeys(name for name, _ in within))
@@ -415,7 +416,7 @@ class Sweep:
             if done.kind != "attack" or spec.kind != "bounded" or spec.attack_class.box != "white":
                 continue
             eps = self.headline[subject.id].attack_eps[spec.name]
-            if abs(done.cell.values[0]["eps"] - eps) > TOLERANCE:
+            if abs(done.cell.values[0]["eps"] - eps) > EPS_TOLERANCE:
                 continue
             accuracy = done.cell.flags[0].mean()
             if best is None or accuracy < best[0]:
@@ -483,7 +484,6 @@ PER_EPS_KINDS = ("bounded", "certified")  # one cell per eps (the others: one ce
 ATTACK_KINDS = ("bounded", "minimal")  # attacks whose rows bound robust accuracy from above at an eps
 PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
 PROGRESS_COST_FACTOR = 50  # ... and at most once per this many times what the last rewrite took (<= 2% of the time)
-TOLERANCE = 1e-9  # eps are compared with this slack (grids come from fractions such as 1/3 x 0.3)
 
 
 def _number(value: Any) -> float:
