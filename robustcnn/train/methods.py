@@ -159,8 +159,8 @@ class IbpTraining(Method):
     """Gowal et al. (2018), certified training: kappa * CE(clean logits) + (1 - kappa) * CE(worst-case logits),
     the worst case read off interval bounds over the eps ball (the true class at its lower bound, every other
     class at its upper bound). kappa goes from 1 to 0.5 as eps ramps up (--eps-warmup), as in the paper.
-    No attack is run: the bound is one pass of intervals beside the clean one (an epoch measured 2.8x a clean
-    epoch on ibpcnn, benchmarks/results/certify)."""
+    No attack is run: the bound is one pass of intervals beside the clean one (an epoch measured 2.8-3.5x a
+    clean epoch on ibpcnn, benchmarks/results/certify)."""
 
     def __init__(self, model, config, info, device):
         from robustcnn.certify.bounds import check_model
