@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the build on our CI image (pip takes it from local disk there); any torch >= 2.1 works.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install browser demo certified test test-all lint bench clean
+.PHONY: install browser demo certified smoothing test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ certified: install
 	$(BIN)/python -m robustcnn.train --dataset mnist5k --arch ibpcnn --adv --adv-method ibp --eps 0.2 \
 		--epochs 100 --eps-warmup 40 --batch-size 100 --out runs/demo-ibp --overwrite
 	$(BIN)/python -m robustcnn.sweep runs/demo-adv runs/demo-ibp --suite certified --out reports/certified
+
+# Randomized smoothing (README "Randomized smoothing"): a model trained on Gaussian noise (sigma 0.5) and the
+# standard demo model (trained first if `make demo` has not run), certified L2 radii of their smoothed classifiers.
+smoothing: install
+	test -d runs/demo-std || $(BIN)/python -m robustcnn.train --dataset mnist5k --out runs/demo-std
+	$(BIN)/python -m robustcnn.train --dataset mnist5k --adv --adv-method gaussian --sigma 0.5 \
+		--out runs/demo-gauss --overwrite
+	$(BIN)/python -m robustcnn.sweep runs/demo-gauss runs/demo-std --suite smoothing --out reports/smoothing
 
 test: install browser
 	$(BIN)/python -m pytest -q -m "not slow"

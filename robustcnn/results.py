@@ -19,7 +19,9 @@ up to this one - balls nest; the attack column says "worst-case" for Linf and "w
 "probe" (a few examples, the first `probe` of the subset, attacked afresh at every eps by each white-box
 attack whether clean-correct or not, and their clean row; the checks read them, the headline does not),
 and "certified" (a bound entry such as ibp or crown at one eps: the examples whose prediction is proven
-correct over the whole eps ball, a lower bound on robust accuracy; never part of the worst case).
+correct over the whole eps ball, a lower bound on robust accuracy; never part of the worst case), and
+"smoothed" (randomized smoothing at one L2 radius, in the eps column: the images the *smoothed* classifier,
+not the model, classifies correctly with a certified radius at least that large; never compared with attacks).
 In a cascade suite each attack's rows count what it and every earlier attack of its norm left correct.
 """
 

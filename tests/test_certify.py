@@ -10,7 +10,8 @@ from torch import nn
 import robustcnn
 from robustcnn.attacks import ATTACKS, Target
 from robustcnn.attacks.art import art_classifier
-from robustcnn.certify.bounds import bounds, certified, check_model
+from robustcnn.certify import backward
+from robustcnn.certify.bounds import Region, Relu, _intervals, _steps, bounds, certified, check_model, layers
 from robustcnn.errors import UsageError
 from robustcnn.models.base import Normalized
 from robustcnn.threat import Norm
@@ -88,6 +89,35 @@ def test_crown_is_never_looser_than_ibp(images, norm, eps):
     assert (crown.lower > ibp.lower + 1e-6).any()  # and tighter somewhere: the relaxation does something
 
 
+@pytest.mark.parametrize(("norm", "eps"), CASES)
+def test_any_relu_slopes_in_0_1_give_a_sound_back_substituted_bound(images, norm, eps):
+    """What alpha optimisation relies on: back-substitution with any lower slopes in [0, 1] bounds every output."""
+    model = zoo()["pooled"]
+    x, _ = images
+    steps = _steps(layers(model), None, None, torch.float64)
+    region = Region.around(x.double(), eps, norm)
+    _, inputs, shapes = _intervals(steps, region, tuple(x.shape[1:]))
+    rows = torch.randn(1, 5, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    slopes = {
+        i: torch.rand(len(x), 5, *shapes[i], generator=generator, dtype=torch.float64)
+        for i, step in enumerate(steps) if isinstance(step, Relu)
+    }  # fmt: skip
+    lower = backward.lower_bound(steps, inputs, shapes, rows, region, slopes)
+    with torch.no_grad():
+        for point in points_in_ball(x, eps, norm, 24, generator):
+            values = torch.einsum("nk,rk->nr", model(point).double(), rows[0])
+            assert (values >= lower - 1e-6).all()
+
+
+def test_optimised_slopes_tighten_crowns_final_bound(images):
+    model = zoo()["pooled"]
+    x, y = images
+    fixed, optimised = (bounds(model, x, 0.05, Norm.LINF, "crown", y=y, alpha_steps=k) for k in (0, 20))
+    assert (optimised.lower >= fixed.lower - 1e-9).all()
+    assert (optimised.lower > fixed.lower + 1e-6).any()
+
+
 def test_the_bounds_shrink_to_the_output_as_eps_goes_to_zero(images):
     """At eps 0 the bounds are the logits, and certified means classified correctly."""
     model = zoo()["pooled"]
@@ -157,7 +187,7 @@ def _certified_share(run, eps: float, method: str = "ibp", count: int = 200) -> 
 
 def test_ibp_training_certifies_what_standard_training_cannot(tmp_path):
     """Gowal et al.'s certified training on ibpcnn, a few epochs on 1024 images: many test images are proven
-    robust at eps 0.05, where the same network trained normally has almost none."""
+    robust at eps 0.05, where the same network trained normally has almost none; crown proves more than ibp."""
     common = {"dataset": "mnist5k", "arch": "ibpcnn", "train_size": 1024, "val_size": 64, "batch_size": 64}
     standard = robustcnn.train(**common, epochs=4, out=str(tmp_path / "std"))
     proven = robustcnn.train(
@@ -165,7 +195,9 @@ def test_ibp_training_certifies_what_standard_training_cannot(tmp_path):
     )
     baseline, trained = _certified_share(standard, 0.05), _certified_share(proven, 0.05)
     assert baseline < 0.1 and trained > baseline + 0.3, (baseline, trained)
-    assert _certified_share(proven, 0.05, "crown", count=50) >= _certified_share(proven, 0.05, count=50)
+    # at the training eps the tighter bound proves far more of the same model (measured 8% -> 58%)
+    ibp, crown = (_certified_share(proven, 0.1, method, count=50) for method in ("ibp", "crown"))
+    assert crown > ibp + 0.2, (ibp, crown)
 
 
 def test_ibp_training_refuses_a_model_it_cannot_bound_before_training(tmp_path):

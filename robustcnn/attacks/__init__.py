@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustcnn.attacks import apgd, certified, fgsm, minimal, patch, pgd, square  # noqa: F401  (registers the attacks)
+from robustcnn.attacks import apgd, certified, fgsm, minimal, patch, pgd, smoothing, square  # noqa: F401  (registers the attacks)
 from robustcnn.attacks.base import ATTACKS, Attack, BoundedAttack, CertifiedBound, MinimalAttack, PatchAttack, Target
 
 __all__ = [

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from robustcnn.attacks.base import ATTACKS, CertifiedBound
-from robustcnn.config import INT, option
+from robustcnn.certify.bounds import ALPHA_STEPS
+from robustcnn.config import COUNT, INT, option
 from robustcnn.console import progress
 
 IBP_BATCH = 256  # images per interval pass: about two forward passes' memory
@@ -27,6 +28,7 @@ class IbpParams:
 @dataclass(frozen=True)
 class CrownParams:
     batch: int = option(2, "images bounded at once (memory: the input size times every layer's size, per image)", INT)
+    alpha_steps: int = option(ALPHA_STEPS, "Adam steps on the ReLU slopes of the final bound (0: CROWN's own)", COUNT)
 
 
 class _Propagated(CertifiedBound):
@@ -49,12 +51,16 @@ class _Propagated(CertifiedBound):
                 index = todo[start : start + self.batch(method)]
                 xb = torch.from_numpy(x[index]).to(self.target.device)
                 yb = torch.from_numpy(y[index]).to(self.target.device)
-                flags = certified(self.target.model, xb, yb, eps, self.norm, method, self.target.num_classes)
+                flags = certified(self.target.model, xb, yb, eps, self.norm, method, self.target.num_classes,
+                                  **self.options(method))  # fmt: skip
                 proven[index] = flags.cpu().numpy()
         return proven
 
     def methods(self) -> tuple[str, ...]:
         return (self.method,)
+
+    def options(self, method: str) -> dict:
+        return {}
 
     def batch(self, method: str) -> int:
         return self.params.batch
@@ -70,8 +76,9 @@ class Ibp(_Propagated):
 
 @ATTACKS.register("crown")
 class Crown(_Propagated):
-    """CROWN's linear relaxations carried forward from the input (Zhang et al. 2018; Xu et al. 2020), on the
-    images interval bounds could not certify. Never looser than ibp; its cost grows with the input size."""
+    """CROWN (Zhang et al. 2018) with optimised slopes (alpha-CROWN, Xu et al. 2021), on the images interval
+    bounds could not certify: robustcnn.certify.bounds says how. Never looser than ibp; its cost grows with the
+    input size times the layer sizes."""
 
     Params = CrownParams
     method = "crown"
@@ -81,3 +88,6 @@ class Crown(_Propagated):
 
     def batch(self, method: str) -> int:
         return IBP_BATCH if method == "ibp" else self.params.batch
+
+    def options(self, method: str) -> dict:
+        return {} if method == "ibp" else {"alpha_steps": self.params.alpha_steps}

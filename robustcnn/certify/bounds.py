@@ -1,6 +1,6 @@
 """Bounds on a model's outputs over a whole eps ball, layer by layer: what certification is made of.
 
-Two methods share one pass over the model's layers:
+Two methods:
 
 - `ibp` (interval bound propagation, Gowal et al. 2018): every activation in a box [lower, upper].
   An affine layer maps a box exactly to the smallest box around its image; ReLU and max pooling are
@@ -9,7 +9,10 @@ Two methods share one pass over the model's layers:
   CROWN's relaxations (Zhang et al. 2018; the forward mode of Xu et al. 2020's LiRPA): affine layers are
   exact, an unstable ReLU is bounded above by its chord and below by 0 or the identity, max pooling by
   the input with the largest lower bound. Before every ReLU and pooling the box is the tighter of the
-  interval and the linear bounds evaluated over the ball, so `crown` is never looser than `ibp`.
+  interval and the linear bounds evaluated over the ball, so `crown` is never looser than `ibp`; layers of up
+  to BACKWARD_NEURONS neurons are bounded once more by back-substitution (CROWN's backward mode,
+  robustcnn.certify.backward). The output is then bounded by back-substitution with the lower ReLU slopes
+  optimised per example (alpha-CROWN, Xu et al. 2021), and the tightest of all is kept.
   Its cost grows with the input size times the layer sizes: it suits small networks on small images.
 
 The last linear layer is merged with the certification question (logit of the true class minus each other
@@ -33,6 +36,8 @@ from robustcnn.errors import UsageError
 from robustcnn.threat import Norm
 
 METHODS = ("ibp", "crown")
+BACKWARD_NEURONS = 1024  # crown bounds layers up to this size by back-substitution too (cost ~ size x input size)
+ALPHA_STEPS = 20  # crown's Adam steps on its ReLU slopes for the final bound (what they lift: README, "crown")
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,31 @@ class Linear:
 
 @dataclass(frozen=True)
 class Affine:
-    """A layer z -> W z + c, given as W applied to a batch (`apply`), |W| applied (`apply_abs`) and c (`bias`)."""
+    """A layer z -> W z + c, given as W applied to a batch (`apply`), |W| applied (`apply_abs`) and c (`bias`);
+    `transpose` applies W^T to rows shaped like outputs (m, *out) -> (m, *in), None: by autograd through `apply`."""
 
     apply: Callable[[torch.Tensor], torch.Tensor]
     apply_abs: Callable[[torch.Tensor], torch.Tensor]
     bias: Callable[[torch.Tensor], torch.Tensor]  # c added to an output batch
+    transpose: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None
+
+    def back(self, rows: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+        """rows (m, R, *out) -> rows W (m, R, *in): a bound's coefficients moved from the output to the input."""
+        flat = rows.flatten(0, 1)
+        if self.transpose is not None:
+            moved = self.transpose(flat, in_shape)
+        else:  # W^T r is the gradient of r . W z; zeros suffice, the layer is linear
+            z = torch.zeros(len(flat), *in_shape, dtype=rows.dtype, device=rows.device, requires_grad=True)
+            with torch.enable_grad():
+                (moved,) = torch.autograd.grad(self.apply(z), z, flat, create_graph=rows.requires_grad)
+        return moved.reshape(*rows.shape[:2], *in_shape)
+
+    def offset(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """rows . c per example and row: (n, R)."""
+        c = self.bias(torch.zeros(n, *rows.shape[2:], dtype=rows.dtype, device=rows.device)).flatten(1)  # (n, d)
+        if len(rows) == 1:  # rows shared by every example
+            return c @ rows[0].flatten(1).T
+        return torch.einsum("nrd,nd->nr", rows.flatten(2), c)
 
     def box(self, box: Box) -> Box:
         mid, radius = (box.upper + box.lower) / 2, (box.upper - box.lower) / 2
@@ -161,8 +186,11 @@ def _conv(module: nn.Conv2d) -> Affine:
     def conv(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, w.to(t.dtype), None, **settings)
 
+    def transpose(rows: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input((len(rows), *in_shape), weight.to(rows.dtype), rows, **settings)
+
     bias = _channel_bias(module.bias) if module.bias is not None else _no_bias
-    return Affine(lambda t: conv(t, weight), lambda t: conv(t, weight.abs()), bias)
+    return Affine(lambda t: conv(t, weight), lambda t: conv(t, weight.abs()), bias, transpose)
 
 
 def _linear(module: nn.Linear) -> Affine:
@@ -171,7 +199,10 @@ def _linear(module: nn.Linear) -> Affine:
     def bias(t: torch.Tensor) -> torch.Tensor:
         return t if module.bias is None else t + module.bias.to(t.dtype)
 
-    return Affine(lambda t: t @ weight.to(t.dtype).T, lambda t: t @ weight.abs().to(t.dtype).T, bias)
+    return Affine(
+        lambda t: t @ weight.to(t.dtype).T, lambda t: t @ weight.abs().to(t.dtype).T, bias,
+        lambda rows, _: rows @ weight.to(rows.dtype),
+    )  # fmt: skip
 
 
 def _batch_norm(module: nn.modules.batchnorm._BatchNorm) -> Affine:
@@ -181,7 +212,12 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm) -> Affine:
     if module.weight is not None:
         scale = scale * module.weight
     shift = -module.running_mean * scale + (module.bias if module.bias is not None else 0)
-    return Affine(_channel_scale(scale), _channel_scale(scale.abs()), _channel_bias(shift))
+    return _diagonal(_channel_scale(scale), _channel_scale(scale.abs()), _channel_bias(shift))
+
+
+def _diagonal(apply, apply_abs, bias) -> Affine:
+    """A layer that scales each element on its own: W^T = W."""
+    return Affine(apply, apply_abs, bias, lambda rows, _: apply(rows))
 
 
 def _positive(function: Callable[[torch.Tensor], torch.Tensor]) -> Affine:
@@ -202,17 +238,35 @@ def _adaptive_avg_pool(module: nn.AdaptiveAvgPool2d) -> Affine:
 def _flatten(module: nn.Flatten) -> Affine:
     if module.start_dim != 1:
         raise UsageError(f"Flatten(start_dim={module.start_dim}): certified bounds support start_dim=1 only")
-    return _positive(lambda t: t.flatten(1, module.end_dim))
+    flatten = lambda t: t.flatten(1, module.end_dim)  # noqa: E731
+    return Affine(flatten, flatten, _no_bias, lambda rows, in_shape: rows.reshape(len(rows), *in_shape))
 
 
 def _identity(_: nn.Module) -> Affine:
-    return _positive(lambda t: t)
+    same = lambda t: t  # noqa: E731
+    return Affine(same, same, _no_bias, lambda rows, _: rows)
 
 
 @dataclass(frozen=True)
 class Relu:
     def box(self, box: Box) -> Box:
         return Box(box.lower.clamp(min=0), box.upper.clamp(min=0))
+
+    def back(self, rows: torch.Tensor, box: Box, slope: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """A lower bound on rows . relu(z) as rows' . z + offset over the box of z (CROWN's backward step): a positive
+        coefficient takes the lower relaxation (slope `slope` in [0, 1] where unstable, CROWN's choice by default),
+        a negative one the chord above. Returns (rows', offset (n, R))."""
+        lower, upper = box.lower.unsqueeze(1), box.upper.unsqueeze(1)
+        active, unstable = lower >= 0, (lower < 0) & (upper > 0)
+        chord = upper / (upper - lower).clamp(min=1e-12)
+        if slope is None:
+            slope = (upper > -lower).to(lower.dtype)
+        slope_low = torch.where(active, 1.0, torch.where(unstable, slope, 0.0))
+        slope_up = torch.where(active, 1.0, torch.where(unstable, chord, 0.0))
+        rows = rows.expand(len(lower), *rows.shape[1:])
+        intercept = torch.where(unstable, -chord * lower, 0.0)[:, 0].flatten(1)  # of the chord
+        offset = torch.einsum("nrd,nd->nr", rows.clamp(max=0).flatten(2), intercept)
+        return torch.where(rows >= 0, slope_low, slope_up) * rows, offset
 
     def linear(self, bounds: Linear, box: Box) -> Linear:
         """CROWN's relaxation of each unstable ReLU (lower < 0 < upper): the chord above, and below the identity
@@ -250,11 +304,7 @@ class MaxPool:
         high_pooled = self._pool(box.upper)
         n, c = chosen.shape[:2]
         flat_chosen = chosen.flatten(2)  # (n, c, k): indices into each input channel's H * W
-        decided = torch.zeros_like(low_pooled, dtype=torch.bool)
-        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
-        if all(s >= k for s, k in zip(stride, kernel, strict=True)) and _pair(self.module.dilation) == (1, 1):
-            others = box.upper.flatten(2).scatter(2, flat_chosen, -math.inf).reshape(box.upper.shape)
-            decided = low_pooled >= self._pool(others)
+        decided = self._decided(box, low_pooled, chosen)
 
         def pick(t: torch.Tensor) -> torch.Tensor:  # (n, [d,] c, H, W) -> the chosen inputs (n, [d,] c, h, w)
             lead = t.shape[: t.dim() - 3]
@@ -268,6 +318,29 @@ class MaxPool:
             torch.where(keep, pick(bounds.a_upper), 0.0),
             torch.where(decided, pick(bounds.b_upper), high_pooled),
         )
+
+    def back(self, rows: torch.Tensor, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+        """A lower bound on rows . maxpool(z) over the box of z, the same relaxation as `linear`: a positive
+        coefficient goes to the chosen input, a negative one to it where it is decided, else to the constant."""
+        low_pooled, chosen = self._pool(box.lower, indices=True)
+        decided = self._decided(box, low_pooled, chosen).unsqueeze(1)
+        rows = rows.expand(len(box.lower), *rows.shape[1:])
+        offset = torch.where(decided, 0.0, rows.clamp(max=0) * self._pool(box.upper).unsqueeze(1)).flatten(2).sum(2)
+        coefficient = torch.where(decided | (rows >= 0), rows, 0.0)
+        n, r, c = coefficient.shape[:3]
+        index = chosen.flatten(2).unsqueeze(1).expand(n, r, c, -1)
+        moved = torch.zeros(n, r, c, box.lower[0, 0].numel(), dtype=rows.dtype, device=rows.device)
+        moved = moved.scatter_add(3, index, coefficient.flatten(3))
+        return moved.reshape(n, r, *box.lower.shape[1:]), offset
+
+    def _decided(self, box: Box, low_pooled: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Where the chosen input's lower bound beats every other input's upper bound: it is the max. Only for
+        windows that do not overlap (else every window is undecided: sound, simpler)."""
+        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
+        if any(s < k for s, k in zip(stride, kernel, strict=True)) or _pair(self.module.dilation) != (1, 1):
+            return torch.zeros_like(low_pooled, dtype=torch.bool)
+        others = box.upper.flatten(2).scatter(2, chosen.flatten(2), -math.inf).reshape(box.upper.shape)
+        return low_pooled >= self._pool(others)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -319,7 +392,7 @@ class _Standardize(nn.Module):
         self.mean, self.std = mean.flatten(), std.flatten()
 
 
-LAYERS[_Standardize] = lambda m: Affine(
+LAYERS[_Standardize] = lambda m: _diagonal(
     lambda t: t / _per_channel(m.std, t),
     lambda t: t / _per_channel(m.std.abs(), t),
     _channel_bias(-m.mean / m.std),
@@ -360,33 +433,67 @@ def _per_example(weight: torch.Tensor, offset: torch.Tensor) -> Affine:
     def bias(t: torch.Tensor) -> torch.Tensor:
         return (t.reshape(n, -1, t.shape[-1]) + offset.to(t.dtype)[:, None]).reshape(t.shape)
 
-    return Affine(lambda t: apply(t, weight), lambda t: apply(t, weight.abs()), bias)
+    def transpose(rows: torch.Tensor, _: tuple[int, ...]) -> torch.Tensor:
+        return (rows.reshape(n, -1, rows.shape[-1]) @ weight.to(rows.dtype)).flatten(0, 1)
+
+    return Affine(lambda t: apply(t, weight), lambda t: apply(t, weight.abs()), bias, transpose)
 
 
 def bounds(
     model: nn.Module, x: torch.Tensor, eps: float, norm: Norm, method: str, y: torch.Tensor | None = None,
     num_classes: int | None = None, dtype: torch.dtype = torch.float64, differentiable: bool = False,
+    alpha_steps: int = ALPHA_STEPS,
 ) -> Box:  # fmt: skip
     """Bounds on the logits (y None) or on the margins logit[y] - logit[k], k != y (n, K - 1), over the ball
     of radius eps around each image of x (n, C, H, W) in [0, 1]. `differentiable`: gradients flow to the
-    weights (certified training); float64 by default, so that rounding cannot make a bound unsound."""
+    weights (certified training); float64 by default, so that rounding cannot make a bound unsound.
+    `alpha_steps`: crown's optimisation of its ReLU slopes for the final lower bound (0: CROWN's own slopes)."""
     if method not in METHODS:
         raise UsageError(f"unknown bound method {method!r}; choose one of: {', '.join(METHODS)}")
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         steps = _steps(layers(model), y, num_classes, dtype)
-        x = x.to(dtype)
-        region = Region.around(x, eps, norm)
-        box = Box(region.low.view(x.shape), region.high.view(x.shape))
-        linear = Linear.identity(region, tuple(x.shape[1:])) if method == "crown" else None
-        for step in steps:
-            if linear is not None:
-                if not isinstance(step, Affine) and not (linear.exact and norm is Norm.LINF):
-                    box = box.intersect(linear.box(region))  # the tighter pre-activation bounds for the relaxation
-                linear = step.linear(linear, box)
-            box = step.box(box)
-        if linear is not None:
-            box = box.intersect(linear.box(region))
-    return box
+        region = Region.around(x.to(dtype), eps, norm)
+        if method == "ibp":
+            return _intervals(steps, region, tuple(x.shape[1:]))[0]
+        return _crown(steps, region, tuple(x.shape[1:]), alpha_steps)
+
+
+def _intervals(steps: list, region: Region, shape: tuple[int, ...]) -> tuple[Box, list[Box], list[tuple[int, ...]]]:
+    """IBP: the output box, the box of every step's input and every step's input shape (the output's last)."""
+    box = Box(region.low.view(-1, *shape), region.high.view(-1, *shape))
+    inputs, shapes = [], [shape]
+    for step in steps:
+        inputs.append(box)
+        box = step.box(box)
+        shapes.append(tuple(box.lower.shape[1:]))
+    return box, inputs, shapes
+
+
+def _crown(steps: list, region: Region, shape: tuple[int, ...], alpha_steps: int) -> Box:
+    """Every ReLU and pooling input bounded as tightly as affordable: the interval box, intersected with the
+    forward linear bounds, and for layers of up to BACKWARD_NEURONS neurons with back-substitution; then the
+    output bounded by back-substitution with optimised slopes, intersected with the forward bounds."""
+    from robustcnn.certify import backward
+
+    box = Box(region.low.view(-1, *shape), region.high.view(-1, *shape))
+    linear = Linear.identity(region, shape)
+    inputs, shapes = [], [shape]
+    for i, step in enumerate(steps):
+        if not isinstance(step, Affine) and not linear.exact:
+            box = box.intersect(linear.box(region))  # the tighter pre-activation bounds for the relaxation
+            if box.lower[0].numel() <= BACKWARD_NEURONS:
+                box = box.intersect(backward.box_of(steps[:i], inputs, shapes, region))
+        linear = step.linear(linear, box)
+        inputs.append(box)
+        box = step.box(box)
+        shapes.append(tuple(box.lower.shape[1:]))
+    box = box.intersect(linear.box(region))
+    size = box.lower[0].numel()
+    rows = torch.eye(size, dtype=box.lower.dtype, device=box.lower.device).reshape(1, size, *shapes[-1])
+    rows = rows.expand(len(box.lower), *rows.shape[1:])  # per example: the margins' last layer differs per label
+    lower = backward.optimised_lower(steps, inputs, shapes, rows, region, alpha_steps).view_as(box.lower)
+    upper = -backward.lower_bound(steps, inputs, shapes, -rows, region).view_as(box.upper)
+    return box.intersect(Box(lower, upper))
 
 
 def _steps(chain: list[nn.Module], y: torch.Tensor | None, num_classes: int | None, dtype: torch.dtype) -> list:
@@ -400,8 +507,9 @@ def _steps(chain: list[nn.Module], y: torch.Tensor | None, num_classes: int | No
 
 
 def certified(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm, method: str, num_classes: int
-) -> torch.Tensor:
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm, method: str, num_classes: int,
+    alpha_steps: int = ALPHA_STEPS,
+) -> torch.Tensor:  # fmt: skip
     """(n,) bool: the prediction is y at every input of the eps ball, proven by the bounds."""
-    margins = bounds(model, x, eps, norm, method, y=y, num_classes=num_classes)
+    margins = bounds(model, x, eps, norm, method, y=y, num_classes=num_classes, alpha_steps=alpha_steps)
     return (margins.lower > 0).all(1)

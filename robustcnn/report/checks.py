@@ -26,6 +26,7 @@ from robustcnn.report.format import describe_point, format_eps, pct
 from robustcnn.results import EPS_TOLERANCE, chance_level
 
 DOCS = "docs/checks.md"
+NOT_ADVERSARIAL = ("standard", "gaussian")  # training methods that do not aim at robustness to attacks
 TINY = 1e-9  # float slack: a Wilson bound of 0% comes out as 1e-17, and must not count as above 0%
 NOISE = 0.005  # accuracy differences up to half a percentage point are noise (1 example in 200), never a warning
 STEPS_TOLERANCE = 0.01  # more steps or restarts may move accuracy by 1 point before the attack counts as unconverged
@@ -369,7 +370,7 @@ def catastrophic_overfitting(
     if not rows:
         return _check(name, Status.SKIP, "no training log with val_fgsm_acc and val_pgd_acc for this model", model)
     full_eps = max(float(r.get("eps") or 0) for r in rows)
-    if method == "standard" or ("eps" in rows[0] and full_eps <= 0):
+    if method in NOT_ADVERSARIAL or ("eps" in rows[0] and full_eps <= 0):
         return _check(name, Status.SKIP, "not adversarially trained", model)
     if isinstance(eps_warmup, int):
         settled = [int(r["epoch"]) > eps_warmup for r in rows]
@@ -419,7 +420,7 @@ def trained_attack_gap(
     elsewhere: at each norm's headline eps; warn, as their training is unknown. Standard training: skip.
     """
     name = "trained-attack-gap"
-    if method == "standard":
+    if method in NOT_ADVERSARIAL:
         return _check(name, Status.SKIP, "not adversarially trained", model)
     rows = [r for r in _eps_rows(_rows(results, model)) if r["box"] == "white"]
     points, weak_types = _gap_points(method, trained_against, reference_eps)
@@ -514,6 +515,27 @@ def certified_le_attacked(results: Results, model: str) -> Check:
     return _check(name, status, message, model)
 
 
+def smoothing_noise_trained(results: Results, model: str, method: str = "", sigma: Any = None) -> Check:
+    """Randomized smoothing certifies the smoothed classifier, which is only as accurate as the model is on its
+    noise: a model not trained with Gaussian noise at that sigma gets few and small certificates (not wrong)."""
+    name = "smoothing-noise-trained"
+    rows = [r for r in _rows(results, model) if r["kind"] == "smoothed"]
+    if not rows:
+        return _check(name, Status.SKIP, "no randomized smoothing rows for this model", model)
+    used = sorted({float(json.loads(r["params"]).get("sigma", math.nan)) for r in rows})
+    listed = ", ".join(f"{s:g}" for s in used)
+    if method != "gaussian":
+        trained = f"trained with {method}" if method else "not trained by robustcnn"
+        return _check(name, Status.WARN, (
+            f"smoothing at sigma {listed} on a model {trained}, not with Gaussian noise: its smoothed "
+            "classifier is rarely accurate on noise; train with --adv-method gaussian --sigma S"
+        ), model)  # fmt: skip
+    if isinstance(sigma, (int, float)) and any(abs(s - sigma) > TINY for s in used):
+        message = f"smoothing at sigma {listed}, but the model trained at --sigma {sigma:g}"
+        return _check(name, Status.WARN, message, model)
+    return _check(name, Status.PASS, f"trained with Gaussian noise at sigma {listed}, the smoothing's", model)
+
+
 RESULT_CHECKS: dict[str, Callable[[Results, str], Check]] = {
     "robust-le-clean": robust_le_clean,
     "monotone-eps": monotone_in_eps,
@@ -530,6 +552,7 @@ TITLES = {
     "steps-restarts": "more steps or restarts change little",
     "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
     "certified-le-attacked": "certified accuracy (a lower bound) is at most every attack's (upper bounds)",
+    "smoothing-noise-trained": "randomized smoothing runs on a model trained with its noise",
     "large-eps": "accuracy is near zero at a very large eps",
     "catastrophic-overfitting": "no catastrophic overfitting in training",
     "trained-attack-gap": "no attack is far weaker than a stronger one at the training eps",
@@ -553,6 +576,8 @@ def run_checks(results: pd.DataFrame, models: dict[str, dict[str, Any]]) -> list
         checks.append(_guarded("catastrophic-overfitting", model, catastrophic_overfitting, *co_args))
         gap_args = (records, model, method, entry.get("trained_against"), entry.get("reference_eps"))
         checks.append(_guarded("trained-attack-gap", model, trained_attack_gap, *gap_args))
+        noise = (records, model, method, entry.get("noise_sigma"))
+        checks.append(_guarded("smoothing-noise-trained", model, smoothing_noise_trained, *noise))
         checks += from_manifest(entry, model)
     return checks
 

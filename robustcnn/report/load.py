@@ -20,7 +20,7 @@ from robustcnn.errors import UsageError
 from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, HeadlineEps, wilson_interval
 from robustcnn.threat import parse_eps
 
-KINDS = ("clean", "attack", "worst-case", "probe", "certified")
+KINDS = ("clean", "attack", "worst-case", "probe", "certified", "smoothed")
 REQUIRED = ("model", "kind", "attack", "eps", "n", "n_correct", "accuracy")  # the report cannot guess these
 NUMERIC = ("eps", "scale", "n", "n_correct", "accuracy", "ci_low", "ci_high", "target_success", "seconds")
 _MISSING = {"", "nan", "na", "none", "null"}  # cells that mean "no value" (pandas writes NaN as "")

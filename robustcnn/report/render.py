@@ -64,6 +64,7 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "curves": eps_figures(data, styles),
         "worst": worst_figure(data, styles),
         "bracket": bracket_section(data, styles),
+        "smoothing": smoothing_section(data, styles),
         "patches": patch_sections(data, styles),
         "galleries": galleries(data),
         "training": training_figure(data, styles),
@@ -170,6 +171,34 @@ def bracket_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
         for r in table.to_dict("records")
     ]
     return {"svg": figure_svg(panels, styles, "bracket", columns=min(2, len(panels))), "rows": rows}
+
+
+def smoothing_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
+    """Randomized smoothing, apart from the rest: certified accuracy of each model's *smoothed* classifier
+    against the L2 radius, one panel per smoothing entry, beside the model's own clean accuracy."""
+    rows = data.results[data.results["kind"] == "smoothed"]
+    if rows.empty:
+        return None
+    clean = data.results[data.results["kind"] == "clean"].groupby("model")["accuracy"].last()
+    panels, table = [], []
+    for name, group in rows.groupby("attack", sort=False):
+        by_model = list(group.groupby("model", sort=False))
+        panels.append(Panel([_curve(m, g, "eps") for m, g in by_model], f"{name}: L2 radius", "certified accuracy"))
+        params = json.loads(group["params"].iloc[0])
+        settings = f"sigma {params.get('sigma')}, {params.get('samples')} samples, alpha {params.get('alpha')}"
+        for model, g in by_model:
+            g = g.sort_values("eps")
+            points = zip(g["eps"], g["accuracy"], strict=True)
+            table.append(
+                {
+                    "model": model,
+                    "entry": name,
+                    "settings": settings,
+                    "clean": f"{clean[model] * 100:.1f}%" if model in clean else "-",
+                    "curve": ", ".join(f"{a * 100:.1f}% at {format_eps(e)}" for e, a in points),
+                }
+            )
+    return {"svg": figure_svg(panels, styles, "smoothing", columns=min(2, len(panels))), "rows": table}
 
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:

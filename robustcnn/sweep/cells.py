@@ -60,6 +60,15 @@ def certified(bound, target: Target, x: np.ndarray, y: np.ndarray, todo: np.ndar
     return proven
 
 
+def smoothed(certificate, x: np.ndarray, y: np.ndarray, grid) -> tuple[np.ndarray, np.ndarray]:
+    """Every image, clean-correct or not (the smoothed classifier is another classifier): (flags (len(grid), n)
+    where it is right and certified to each radius, the radius of each, 0 where it abstains or is wrong)."""
+    from robustcnn.attacks.smoothing import smoothing_flags
+
+    prediction, radius = certificate.certify(x, y)
+    return smoothing_flags(prediction, radius, y, grid), np.where(prediction == y, radius, 0.0)
+
+
 def minimal(attack, target: Target, x: np.ndarray, y: np.ndarray, correct: np.ndarray, grid) -> tuple:
     """One run answers every eps: (flags (len(grid), n), the distance each example needed, inf if none)."""
     index = np.flatnonzero(correct)

@@ -237,6 +237,15 @@ class Sweep:
 
         self._cell(subject, spec, "attack", {"attack": spec.describe(), "grid": list(grid)}, compute)
 
+    def _smoothed(self, subject: Subject, spec: AttackSpec, certificate, x, y, correct) -> None:
+        grid = self.grids[subject.id][spec.name]
+
+        def compute() -> Cell:
+            flags, radius = cells.smoothed(certificate, x, y, grid)
+            return Cell([{"eps": eps} for eps in grid], flags, {"radius": radius})
+
+        self._cell(subject, spec, "smoothed", {"attack": spec.describe(), "grid": list(grid)}, compute)
+
     def _patch(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         scales = self.grids[subject.id][spec.name]
 
@@ -479,6 +488,7 @@ RUNS = {  # attack kind -> its cells
     "minimal": Sweep._minimal,
     "patch": Sweep._patch,
     "certified": Sweep._certified,
+    "smoothed": Sweep._smoothed,
 }
 PER_EPS_KINDS = ("bounded", "certified")  # one cell per eps (the others: one cell for the whole grid)
 ATTACK_KINDS = ("bounded", "minimal")  # attacks whose rows bound robust accuracy from above at an eps

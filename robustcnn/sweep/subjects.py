@@ -211,6 +211,7 @@ def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Mo
         "training_final": meta.get("final", {}),
         "training_status": meta.get("status", ""),  # not-robust / stopped-early: the guard's verdict, shown
         "eps_warmup": meta.get("config", {}).get("eps_warmup"),  # which logged epochs trained at full eps
+        "noise_sigma": meta.get("config", {}).get("sigma"),  # Gaussian noise training: what smoothing should use
     }
     card = Card(sha256, sha256, meta["model"]["arch"], meta.get("method", ""), IN_MODEL, entry, run)
     return card, module, info

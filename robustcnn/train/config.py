@@ -18,6 +18,11 @@ class AdvMethod(str, Enum):
     TRADES = "trades"  # Zhang et al. 2019: clean CE + beta * KL(clean || adversarial)
     N_FGSM = "n-fgsm"  # de Jorge et al. 2022: one step of eps from x + noise in [-2 eps, 2 eps], no projection
     IBP = "ibp"  # Gowal et al. 2018: certified training on interval bounds (no attack)
+    GAUSSIAN = "gaussian"  # Cohen et al. 2019: Gaussian noise, for randomized smoothing (no attack)
+
+
+NOT_ADVERSARIAL = (AdvMethod.GAUSSIAN,)  # trains on noise, not worst cases: no robustness guard, best by noisy accuracy
+DEFAULT_SIGMA = 0.25
 
 
 ONE_STEP = {AdvMethod.FGSM_RS: 1.25, AdvMethod.N_FGSM: 1.0}  # single-step methods -> their default step / eps
@@ -57,7 +62,9 @@ class TrainConfig:
     weight_decay: float | None = option(None, "L2 penalty; default 5e-4 for sgd, 0 for adam", non_negative_float)
     schedule: Schedule = option(Schedule.COSINE, "learning-rate schedule over steps", enum_parser(Schedule))
     adv: bool = option(False, "train adversarially (PGD unless --adv-method says otherwise)", BOOL)
-    adv_method: AdvMethod = option(AdvMethod.PGD, "pgd, trades, fgsm-rs, n-fgsm or ibp", enum_parser(AdvMethod))
+    adv_method: AdvMethod = option(
+        AdvMethod.PGD, "pgd, trades, fgsm-rs, n-fgsm, ibp or gaussian", enum_parser(AdvMethod)
+    )
     eps: float | None = option(
         None, "attack radius in [0,1] pixel units, e.g. 0.3 or 8/255; default: the dataset's", _eps
     )
@@ -67,6 +74,9 @@ class TrainConfig:
     )
     attack_lr: float | None = option(
         None, "attack step in pixel units; default 2.5*eps/steps, 1.25*eps for fgsm-rs, eps for n-fgsm", FLOAT
+    )
+    sigma: float | None = option(
+        None, f"noise standard deviation for --adv-method gaussian, pixels in [0,1]; default {DEFAULT_SIGMA}", FLOAT
     )
     beta: float = option(6.0, "TRADES weight of the robustness term (Zhang et al. use 6)", FLOAT)
     eps_warmup: int | None = option(None, "epochs over which eps ramps up from 0; default: the dataset's recipe", COUNT)
@@ -114,6 +124,10 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
             )
     check_eps(pick["eps"], pick["constraint"], "--eps")
     method = pick["adv_method"]
+    if method is AdvMethod.GAUSSIAN:
+        pick["sigma"] = pick["sigma"] or DEFAULT_SIGMA
+    elif pick["sigma"] is not None:
+        raise UsageError(f"--sigma {pick['sigma']:g} applies to --adv-method gaussian only, not {method.value}")
     one_step = method in ONE_STEP
     pick["attack_steps"] = pick["attack_steps"] or (1 if one_step else 10)
     if one_step and pick["attack_steps"] != 1:

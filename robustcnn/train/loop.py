@@ -26,7 +26,16 @@ from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
 from robustcnn.train import checkpoint
 from robustcnn.train.checkpoint import Progress
-from robustcnn.train.config import ONE_STEP, RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
+from robustcnn.train.config import (
+    NOT_ADVERSARIAL,
+    ONE_STEP,
+    RUN_OPTIONS,
+    AdvMethod,
+    Amp,
+    Optimizer,
+    TrainConfig,
+    resolve,
+)  # fmt: skip
 from robustcnn.train.methods import build_method
 from robustcnn.train.schedule import learning_rate, warm_eps
 from robustcnn.train.validate import Validator
@@ -281,7 +290,7 @@ class _Trainer:
         """Saves in an order that is safe to kill at any point: best, then last, then resume state."""
         epoch = row["epoch"]
         verdict = self._judge(state, row)
-        score = row["val_pgd_acc"] if self.config.adv else row["val_acc"]
+        score = row[self._score_column()]
         improved = (verdict.sound, score) > (state.best_sound, state.best_score)  # a sound epoch beats any other
         if improved:
             state.best_epoch, state.best_score, state.best_sound = epoch, score, verdict.sound
@@ -302,9 +311,19 @@ class _Trainer:
         if verdict.overfitted:
             say(f"{state.stopped_early}; stopped")
 
+    def _guarded(self) -> bool:
+        """Adversarial and certified training must become robust to PGD; noise training need not."""
+        return self.config.adv and self.config.adv_method not in NOT_ADVERSARIAL
+
+    def _score_column(self) -> str:
+        """What picks the best epoch: PGD accuracy when guarded, noisy accuracy for noise training, else clean."""
+        if self._guarded():
+            return "val_pgd_acc"
+        return "val_train_attack_acc" if self.config.adv else "val_acc"
+
     def _judge(self, state: Progress, row: dict[str, Any]) -> guard.Verdict:
         """The guard's verdict on this epoch, given every epoch before it."""
-        if not self.config.adv:
+        if not self._guarded():
             return guard.Verdict(True, False, "")
         log = [r for r in state.history if r["epoch"] < row["epoch"]] + [row]
         return guard.judge_log(
@@ -318,7 +337,7 @@ class _Trainer:
         """(status, message) of a run that ran its epochs or stopped on overfitting."""
         best = state.history[state.best_epoch - 1] if state.best_epoch else None
         advice = self._advice(overfitted=bool(state.stopped_early))
-        if self.config.adv and best is not None and not state.best_sound:
+        if self._guarded() and best is not None and not state.best_sound:
             found = state.stopped_early or self._judge(state, best).problem
             return "not-robust", (
                 f"no epoch became robust ({found}); best.safetensors holds epoch {state.best_epoch} "
@@ -349,10 +368,14 @@ class _Trainer:
         final = {"best_epoch": state.best_epoch, "test_acc": correct / len(test), "test_n": len(test)}
         if self.config.adv:  # robustness before any sweep: the kept epoch's held-out PGD-10 accuracy
             final["val_pgd_acc"] = state.history[state.best_epoch - 1]["val_pgd_acc"]
+        if self.config.adv and not self._guarded():  # noise training: its accuracy under the noise it trained on
+            final["val_noise_acc"] = state.history[state.best_epoch - 1]["val_train_attack_acc"]
         self.meta["final"] = final
         status, message = self._outcome(state)
         self._write(state, status, message)
         robust = f", val PGD-10 accuracy {final['val_pgd_acc']:.4f}" if self.config.adv else ""
+        if "val_noise_acc" in final:
+            robust += f", val accuracy under its noise {final['val_noise_acc']:.4f}"
         say(
             f"done: best epoch {state.best_epoch}, clean test accuracy {final['test_acc']:.4f}{robust} "
             f"-> {self.run_dir}"

@@ -194,6 +194,22 @@ class IbpTraining(Method):
         return kappa * clean + (1.0 - kappa) * robust, logits
 
 
+@METHODS.register("gaussian")
+class GaussianTraining(Method):
+    """Cohen et al. (2019): cross-entropy on x + N(0, sigma^2 I), no clipping, the noise randomized smoothing
+    (suite type `smoothing`) later certifies with at the same sigma. Not adversarial training: its model's
+    PGD accuracy stays low, and the best epoch is the one most accurate on noisy held-out images."""
+
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x) * self.config.sigma
+
+    def loss(self, x, y, eps):
+        return super().loss(self.noisy(x), y, eps)
+
+    def validation_examples(self, x, y, eps):
+        return self.noisy(x)
+
+
 def build_method(model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device) -> Method:
     name = config.adv_method.value if config.adv else "standard"
     return METHODS.get(name)(model, config, info, device)
