@@ -45,7 +45,7 @@ def predict(model, x):
 
 def test_registry_has_the_documented_attacks():
     attacks = ["apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "deepfool", "fgsm", "patch", "pgd", "square"]
-    certificates = ["crown", "ibp"]  # suite entries of kind "certified": lower bounds, not attacks
+    certificates = ["crown", "ibp", "smoothing"]  # suite entries that prove (kinds certified, smoothed), not attacks
     assert attack_names() == sorted(attacks + certificates)
 
 

@@ -102,6 +102,8 @@ def test_the_noise_check_names_a_sigma_mismatch():
     assert smoothing_noise_trained(rows.assign(kind="attack"), "m", "gaussian", 0.25).status is Status.SKIP
 
 
-def test_smoothing_is_an_l2_certificate():
+def test_smoothing_is_an_l2_certificate_with_a_failure_probability_below_one_half():
     with pytest.raises(UsageError, match="norm 'inf' is not supported by this attack; allowed: 2"):
         ATTACKS.get("smoothing").check_norm(Norm.LINF, "")
+    with pytest.raises(UsageError, match=r"alpha.*expected a probability in \(0, 0.5\), e.g. 0.001, got 0.5"):
+        ATTACKS.get("smoothing").parse_params({"alpha": 0.5}, "")

@@ -23,12 +23,19 @@ from robustcnn.threat import Norm
 IMAGES_PER_CALL = 10  # ART certifies image by image; progress and Ctrl-C between groups of this many
 
 
+def _failure_probability(value: object) -> float:
+    number = float(value)
+    if not 0 < number < 0.5:
+        raise ValueError(f"expected a probability in (0, 0.5), e.g. 0.001, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class SmoothingParams:
     sigma: float = option(0.25, "standard deviation of the noise, pixels in [0, 1]: the model's --sigma", FLOAT)
     samples: int = option(1000, "noise samples per image for the certificate (Cohen et al. use 100000)", INT)
     selection: int = option(100, "noise samples per image that choose the class first", INT)
-    alpha: float = option(0.001, "probability that one image's certificate is wrong", FLOAT)
+    alpha: float = option(0.001, "probability that one image's certificate is wrong", _failure_probability)
     batch: int = option(1000, "noisy images per forward pass", INT)
 
 
@@ -52,7 +59,6 @@ class Smoothing(Attack):
             )
             predictions.append(prediction.astype(np.int64))
             radii.append(radius.astype(np.float64))
-        self.target.model.to(self.target.device)
         empty = np.zeros(0)
         return np.concatenate(predictions or [empty]).astype(np.int64), np.concatenate(radii or [empty])
 
@@ -60,12 +66,15 @@ class Smoothing(Attack):
         from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
         p = self.params
-        return PyTorchRandomizedSmoothing(
+        smoothed = PyTorchRandomizedSmoothing(
             model=self.target.model, loss=nn.CrossEntropyLoss(), input_shape=tuple(shape),
             nb_classes=self.target.num_classes, clip_values=(0.0, 1.0),
             device_type="gpu" if self.target.device.type == "cuda" else "cpu",
             sample_size=p.selection, scale=p.sigma, alpha=p.alpha,
         )  # fmt: skip
+        smoothed._device = self.target.device  # ART picks cuda:0 for "gpu"; the sweep's device may be another
+        self.target.model.to(self.target.device)
+        return smoothed
 
 
 def smoothing_flags(prediction: np.ndarray, radius: np.ndarray, y: np.ndarray, grid) -> np.ndarray:
