@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from robustcnn.certify.bounds import Affine, Box, Region, Relu
+from robustcnn.certify.bounds import Affine, Box, Region, Relu, crown_slope
 
 ELEMENTS_PER_CHUNK = 1 << 23  # rows x layer size x images held at once: ~64 MB of float64 per tensor
 ALPHA_LR = 0.1  # Adam's step on the slopes, which live in [0, 1]
@@ -67,7 +67,7 @@ def optimised_lower(steps: list, inputs: list[Box], shapes: list[tuple[int, ...]
         return best
     n, count = len(region.center), rows.shape[1]
     slopes = {
-        i: (inputs[i].upper > -inputs[i].lower).to(rows.dtype).unsqueeze(1).expand(n, count, *shapes[i]).clone()
+        i: crown_slope(inputs[i]).unsqueeze(1).expand(n, count, *shapes[i]).clone()
         for i, step in enumerate(steps)
         if isinstance(step, Relu)
     }

@@ -247,6 +247,24 @@ def _identity(_: nn.Module) -> Affine:
     return Affine(same, same, _no_bias, lambda rows, _: rows)
 
 
+def crown_slope(box: Box) -> torch.Tensor:
+    """CROWN's lower slope for a ReLU over its input box: 1 when upper > -lower, else 0 (the smaller area)."""
+    return (box.upper > -box.lower).to(box.lower.dtype)
+
+
+def relu_relaxation(box: Box, slope: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Linear bounds on relu(z) over the box of z: (lower slope, upper slope, upper intercept). Stable neurons are
+    exact; an unstable one (lower < 0 < upper) gets the chord above and `slope` in [0, 1] below (CROWN's choice
+    by default). Any such slope is sound, which is what optimising the slopes relies on."""
+    lower, upper = box.lower, box.upper
+    active, unstable = lower >= 0, (lower < 0) & (upper > 0)
+    chord = upper / (upper - lower).clamp(min=1e-12)
+    slope = crown_slope(box) if slope is None else slope
+    slope_low = torch.where(active, 1.0, torch.where(unstable, slope, 0.0)).to(lower.dtype)
+    slope_up = torch.where(active, 1.0, torch.where(unstable, chord, 0.0)).to(lower.dtype)
+    return slope_low, slope_up, torch.where(unstable, -chord * lower, 0.0).to(lower.dtype)
+
+
 @dataclass(frozen=True)
 class Relu:
     def box(self, box: Box) -> Box:
@@ -254,29 +272,17 @@ class Relu:
 
     def back(self, rows: torch.Tensor, box: Box, slope: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """A lower bound on rows . relu(z) as rows' . z + offset over the box of z (CROWN's backward step): a positive
-        coefficient takes the lower relaxation (slope `slope` in [0, 1] where unstable, CROWN's choice by default),
-        a negative one the chord above. Returns (rows', offset (n, R))."""
-        lower, upper = box.lower.unsqueeze(1), box.upper.unsqueeze(1)
-        active, unstable = lower >= 0, (lower < 0) & (upper > 0)
-        chord = upper / (upper - lower).clamp(min=1e-12)
-        if slope is None:
-            slope = (upper > -lower).to(lower.dtype)
-        slope_low = torch.where(active, 1.0, torch.where(unstable, slope, 0.0))
-        slope_up = torch.where(active, 1.0, torch.where(unstable, chord, 0.0))
-        rows = rows.expand(len(lower), *rows.shape[1:])
-        intercept = torch.where(unstable, -chord * lower, 0.0)[:, 0].flatten(1)  # of the chord
-        offset = torch.einsum("nrd,nd->nr", rows.clamp(max=0).flatten(2), intercept)
+        coefficient takes the lower relaxation (`slope` per example and row, (n, R, *shape)), a negative one the
+        chord above. Returns (rows', offset (n, R))."""
+        per_row = Box(box.lower.unsqueeze(1), box.upper.unsqueeze(1))  # (n, 1, *shape): broadcast over the rows
+        slope_low, slope_up, intercept = relu_relaxation(per_row, slope)
+        rows = rows.expand(len(box.lower), *rows.shape[1:])
+        offset = torch.einsum("nrd,nd->nr", rows.clamp(max=0).flatten(2), intercept[:, 0].flatten(1))
         return torch.where(rows >= 0, slope_low, slope_up) * rows, offset
 
     def linear(self, bounds: Linear, box: Box) -> Linear:
-        """CROWN's relaxation of each unstable ReLU (lower < 0 < upper): the chord above, and below the identity
-        when upper > -lower (else 0), the choice with the smaller area."""
-        lower, upper = box.lower, box.upper
-        active, unstable = lower >= 0, (lower < 0) & (upper > 0)
-        chord = upper / (upper - lower).clamp(min=1e-12)
-        slope_up = torch.where(active, 1.0, torch.where(unstable, chord, 0.0)).to(lower.dtype)
-        slope_low = (active | (unstable & (upper > -lower))).to(lower.dtype)
-        offset_up = torch.where(unstable, -chord * lower, 0.0).to(lower.dtype)
+        """CROWN's relaxation of each ReLU (`relu_relaxation`) applied to the linear bounds of its input."""
+        slope_low, slope_up, offset_up = relu_relaxation(box)
         return Linear(
             bounds.a_lower * slope_low.unsqueeze(1),
             bounds.b_lower * slope_low,
