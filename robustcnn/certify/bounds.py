@@ -485,9 +485,9 @@ def _crown(steps: list, region: Region, shape: tuple[int, ...], alpha_steps: int
     linear = Linear.identity(region, shape)
     inputs, shapes = [], [shape]
     for i, step in enumerate(steps):
-        if not isinstance(step, Affine) and not linear.exact:
+        if not isinstance(step, Affine) and not (linear.exact and region.norm is Norm.LINF):
             box = box.intersect(linear.box(region))  # the tighter pre-activation bounds for the relaxation
-            if box.lower[0].numel() <= BACKWARD_NEURONS:
+            if not linear.exact and box.lower[0].numel() <= BACKWARD_NEURONS:  # exact: nothing left to tighten
                 box = box.intersect(backward.box_of(steps[:i], inputs, shapes, region))
         linear = step.linear(linear, box)
         inputs.append(box)
