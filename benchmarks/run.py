@@ -31,7 +31,9 @@ SECTIONS = (
     "external",
     "train",
     "robust-train",
+    "ddp-train",
     "certify",
+    "ray",
     "data",
     "report",
 )
@@ -168,11 +170,20 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
             settings.update(train_size=config.train_size, epochs=1, eps_warmup=0)  # the quick run's smoke test
         steps = robust_train.PGD_STEPS if config.pgd_steps is None else config.pgd_steps
         return robust_train.measure(settings, device, config.robust_n, steps)
+    if section == "ddp-train":
+        from benchmarks import ddp_speed
+
+        settings = {"val_size": config.val_size, "train_size": config.train_size}
+        return ddp_speed.measure(settings, config.pgd_steps or 10, config.repeats)
     if section == "certify":
         from benchmarks import certify_speed
 
         crown_images = min(certify_speed.CROWN_IMAGES, max(1, config.n // 4))  # the quick run: a few
         return certify_speed.measure(paths[-1], device, config.repeats, config.train_size, crown_images)
+    if section == "ray":
+        from benchmarks import ray_sweep
+
+        return ray_sweep.measure(paths, config.n, config.repeats, steps, config.seed)
     if section == "data":
         from benchmarks import data_speed
 
@@ -182,7 +193,7 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
 
 def _check_models(models: list[str], config: BenchConfig) -> list[Path]:
     """Fail fast: the sweep and attack sections need trained runs (`make demo` makes the default ones)."""
-    if not {"sweep", "sweep-limit", "attack", "autoattack", "iterate", "external", "certify"} & set(config.only):
+    if not {"sweep", "sweep-limit", "attack", "autoattack", "iterate", "external", "certify", "ray"} & set(config.only):
         return []
     from robustcnn.runs import load_run
 
@@ -224,6 +235,8 @@ def _report(config: BenchConfig):
 
 
 def _notes(config: BenchConfig, device, batch: int) -> list[str]:
+    from benchmarks import ddp_speed
+
     cpu_only = device.type == "cpu"
     return [
         ("Figures are CPU-only: no GPU was used. " if cpu_only else f"Device: {device}. ")
@@ -249,9 +262,18 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "Training section: one epoch of a fresh run per method (eps_warmup 0), the training part timed apart "
         "from the per-epoch validation. The ideals count an attack step as one clean training step; an attack "
         "step is cheaper (no weight gradients, no optimiser step), so below 1x ideal means nothing is wasted.",
+        "Ray section: whole `python -m robustcnn.sweep` commands, one process (torch's 2 threads) against Ray "
+        "tasks with 1 core each on a 2-CPU cluster; the cells are the same, so the ratio is what Ray adds: connecting, "
+        "the workers' own imports, shipping models and images, streaming cells back, and chains left running alone at "
+        "the end. On a multi-GPU node the same chains spread over the GPUs (--gpus-per-task 1, or 0.25 for small "
+        "models): a sweep of many models and attacks is expected to approach (GPUs / gpus-per-task) x one GPU, "
+        "bounded by its longest chain (one attack's eps run in order); there, time `python -m robustcnn.sweep "
+        "MODELS --suite standard --ray local --gpus-per-task 1` against the same command without --ray. The section's "
+        "'other processes' load counts the Ray cluster's workers (not this process's children) as others.",
         "Robust-train section: each method trained once with its README command (10 epochs of mnist5k), its "
         "best.safetensors then attacked by PGD-40 (step 0.01) with 5 random restarts at eps 0.3 on the test "
         "images through ART with true labels: an attack none of the methods trained or validated with.",
+        ddp_speed.NOTE,
     ]
 
 

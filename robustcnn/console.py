@@ -9,14 +9,22 @@ import sys
 
 from tqdm.auto import tqdm
 
+_quiet = False  # set on torchrun's ranks other than 0: rank 0 speaks for the whole job
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
 
 def say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    if not _quiet:
+        tqdm.write(message, file=sys.stderr)
 
 
 def progress(iterable=None, **kwargs) -> tqdm:
     """A tqdm bar on stderr; disabled automatically when stderr is not a terminal (CI logs stay readable)."""
-    kwargs.setdefault("disable", None)
+    kwargs.setdefault("disable", True if _quiet else None)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, file=sys.stderr, **kwargs)

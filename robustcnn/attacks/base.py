@@ -40,7 +40,7 @@ class Target:
 class Attack:
     """Shared by every attack: declared capabilities, parameter parsing, and device pinning."""
 
-    kind: ClassVar[str]  # "bounded", "minimal", "patch", "certified", "smoothed": how the sweep runs it (runner.RUNS)
+    kind: ClassVar[str]  # "bounded", "minimal", "patch", "certified", "smoothed": how the sweep runs it (chains.RUNS)
     box: ClassVar[str] = "white"  # "black" when only model outputs are used (no gradients)
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
     Params: ClassVar[type] = NoParams

@@ -32,6 +32,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
     add_arguments(p, SweepConfig)
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="auto|ADDRESS|local",
+        help="run the attack chains as Ray tasks (needs robustcnn[ray]): auto joins the running cluster (the "
+        "default), ADDRESS one at host:port or ray://host:port, local starts one on this machine",
+    )
     p.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip report.html")
     p.add_argument(
         "--fail-under",
@@ -102,8 +111,17 @@ def main(argv: list[str]) -> int:
 
 def _summarise(out: str, with_report: bool) -> None:
     """The report (when wanted) and the headline table with the checks, in the terminal."""
+    import json
+    from pathlib import Path
+
     from robustcnn.report import summary_table, write_report
     from robustcnn.report.__main__ import show
+    from robustcnn.results import MANIFEST_FILE
+
+    manifest = json.loads((Path(out) / MANIFEST_FILE).read_text())
+    if manifest["status"] == "partial":  # a shard that finished before the others
+        print(f"{out}\tpartial\t{manifest['message']}")
+        return
 
     if with_report:
         show(write_report(out))

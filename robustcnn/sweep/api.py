@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,39 @@ def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> p
         config = config.replace(**{k: getattr(parsed, k) for k in overrides})
     suite = load_suite(config.suite)
     gates = [parse_gate(text) for text in config.fail_under]
-    device = resolve_device(config.device)
+    device = resolve_device("cpu" if config.ray else config.device)  # with Ray, tasks take config.device
+    if config.ray:
+        from robustcnn.sweep.on_ray import require_ray
+
+        require_ray()
     subjects = load_subjects(list(models), config, suite.n, device)
     grids = plan_grids(subjects, suite)
     check_gates_cover(gates, _gate_targets(grids, suite))
+    with _cluster(config):
+        return _run(config, suite, subjects, grids, gates, device)
+
+
+def _cluster(config: SweepConfig):
+    """Connected to Ray for the sweep when --ray says so (before --out is touched: no cluster, no files)."""
+    if not config.ray:
+        return contextlib.nullcontext()
+    from robustcnn.sweep.on_ray import ray_session
+
+    return ray_session(config)
+
+
+def _run(config: SweepConfig, suite, subjects, grids, gates, device) -> pd.DataFrame:
     out = prepare_out(Path(config.out))  # after every check: a refused model or suite leaves --out untouched
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()
-    say(f"sweeping {len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}) on {device} -> {out}")
+    where = f"Ray tasks ({config.device})" if config.ray else str(device)
+    share = f", shard {config.shard}" if config.shard else ""
+    what = f"{len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}{share})"
+    say(f"sweeping {what} on {where} -> {out}")
     results = runner.run()
+    if not runner.complete:  # a shard done before the others: no report or gates on part of the cells
+        say(f"{out}: this shard's cells are done; the results are complete once every shard has finished")
+        return results
     if config.report:
         _write_report(out)
     failures = failed_gates(results, gates)

@@ -5,13 +5,40 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from robustcnn.config import BOOL, COUNT, INT, from_mapping, option
+from robustcnn.config import BOOL, COUNT, INT, from_mapping, non_negative_float, option
+from robustcnn.errors import UsageError
 
 
 def _weights(value: object) -> str:
     if str(value) not in {"best", "last"}:
         raise ValueError("choose one of: best, last")
     return str(value)
+
+
+def _ray_address(value: object) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("choose auto, local or a cluster ADDRESS (host:port or ray://host:port)")
+    return text
+
+
+def _shard(value: object) -> str:
+    parse_shard(str(value))
+    return str(value).strip()
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N) with 0 <= I < N; None stays None."""
+    if text is None:
+        return None
+    index, _, count = str(text).strip().partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise ValueError("write it as I/N, e.g. 0/4 (shards are counted from 0)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"needs 0 <= I < N, e.g. 0/{max(count, 2)} ... {max(count, 2) - 1}/{max(count, 2)}")
+    return index, count
 
 
 @dataclass(frozen=True)
@@ -33,10 +60,31 @@ class SweepConfig:
     )
     report: bool = option(True, "write report.html when done", BOOL, flag=False)
     fail_under: tuple[str, ...] = option((), "gates ATTACK@EPS=ACC", flag=False)
+    ray: str | None = option(
+        None, "run the attack chains as Ray tasks: auto (a running cluster), ADDRESS, or local (a cluster here)",
+        _ray_address, flag=False,
+    )  # fmt: skip
+    cpus_per_task: int = option(1, "with --ray: CPU cores (torch threads) per task", INT)
+    gpus_per_task: float = option(
+        0.0, "with --ray: GPUs per task; fractions share a GPU, e.g. 0.25", non_negative_float
+    )
+    shard: str | None = option(None, "I/N: run only share I (0..N-1) of the cells into a shared --out", _shard)
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "") -> SweepConfig:
-        return from_mapping(cls, data, where)
+        config = from_mapping(cls, data, where)
+        if config.ray and config.shard:
+            raise UsageError(f"--ray and --shard {config.shard} do not go together: Ray spreads the cells itself")
+        if config.cpus_per_task < 1:
+            raise UsageError(f"--cpus-per-task {config.cpus_per_task} must be 1 or more")
+        if not config.ray and (config.gpus_per_task or config.cpus_per_task != 1):
+            raise UsageError("--cpus-per-task and --gpus-per-task apply to --ray only")
+        if config.ray and config.device.strip().lower().startswith("cuda") and not config.gpus_per_task:
+            raise UsageError(
+                f"--device {config.device} with --ray needs --gpus-per-task (e.g. 1, or 0.25 for four tasks per GPU): "
+                "Ray hides the GPUs from tasks that do not ask for one"
+            )
+        return config
 
     def replace(self, **changes) -> SweepConfig:
         return dataclasses.replace(self, **changes)

@@ -6,8 +6,9 @@ of the previous one and the accuracy is "no adversarial example found within eps
 robustness claim needs. `naive=True` attacks every correctly classified example at every eps instead.
 A cascade suite also skips what earlier attacks of the norm broke (AutoAttack's order of work).
 
-This file decides which examples each cell attacks, caches cells and writes rows; the attacks themselves
-run in the pure functions of cells.py, chosen by the attack's kind (`RUNS`).
+The cells run in chains (chains.py), here, in Ray tasks (on_ray.py) or spread over `--shard I/N`
+processes; this file runs the chains it owns, then assembles rows, the worst case and the files from
+every cell on disk, so results.csv is the same wherever the cells were computed.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import shlex
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from robustcnn.console import progress, say
 from robustcnn.errors import UsageError
@@ -41,64 +39,56 @@ from robustcnn.results import (
     wilson_interval,
 )
 from robustcnn.sweep import cells
-from robustcnn.sweep.config import SweepConfig
+from robustcnn.sweep.chains import Chain, ChainRunner, Done, seed_all
+from robustcnn.sweep.config import SweepConfig, parse_shard
 from robustcnn.sweep.model_checks import model_checks
-from robustcnn.sweep.store import Cell, CellStore, cell_key
+from robustcnn.sweep.store import CellStore
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
 
 NUMBER_VERSIONS = ("robustcnn", "torch", "adversarial-robustness-toolbox", "numpy")  # can change a cell's numbers
+WHERE_OPTIONS = ("ray", "cpus_per_task", "gpus_per_task", "shard")  # where cells run, never what they hold
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def number_versions() -> dict[str, str]:
+    return {k: v for k, v in library_versions().items() if k in NUMBER_VERSIONS}
 
 
-@dataclass(frozen=True)
-class Done:
-    """A finished cell of this sweep and what its rows are about (the cell itself holds only numbers)."""
-
-    spec: AttackSpec | None  # None for the clean cell
-    kind: str  # the rows' kind: clean | attack | probe
-    key: str
-    cell: Cell
-
-    def evidence(self) -> list[tuple[str, float, np.ndarray]]:
-        """(norm, eps, flags) of each row that counts towards nesting and the worst case."""
-        if self.kind != "attack" or self.spec.kind == "patch":
-            return []
-        return [
-            (self.spec.norm.value, float(v["eps"]), f) for v, f in zip(self.cell.values, self.cell.flags, strict=True)
-        ]
-
-
-@dataclass
-class Sweep:
-    config: SweepConfig
-    suite: Suite
-    subjects: list[Subject]
-    out: Path
-    grids: dict[str, dict[str, tuple[float, ...]]]  # subject id -> attack name -> sorted eps (or scales)
-    store: CellStore = field(init=False)
-    done: dict[str, list[Done]] = field(default_factory=dict)  # subject id -> finished cells, in plan order
-
-    def __post_init__(self):
-        self.store = CellStore(self.out)
+class Sweep(ChainRunner):
+    def __init__(
+        self,
+        config: SweepConfig,
+        suite: Suite,
+        subjects: list[Subject],
+        out: Path,
+        grids: dict[str, dict[str, tuple[float, ...]]],  # subject id -> attack name -> sorted eps (or scales)
+    ):
+        super().__init__(config, suite, grids, CellStore(out), number_versions(), on_computed=self._computed)
+        self.subjects, self.out = subjects, Path(out)
+        self.plan = self.chains(subjects)
+        self.shard = parse_shard(config.shard)  # (index, count) or None
+        self.complete = False  # every cell of every model finished (a shard may finish before the others)
         self.started = self.written_at = time.perf_counter()
         self.write_seconds = 0.0  # what the last progressive rewrite of results.csv took
-        self.versions = {k: v for k, v in library_versions().items() if k in NUMBER_VERSIONS}
         self.headline = {s.id: headline_eps(self.suite, s.info, self.grids[s.id]) for s in self.subjects}
         self.manifest = self._manifest()
 
     # --- the whole run -------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
-        total = sum(self._cell_count(s) for s in self.subjects)
+        mine = [chain for chain in self.plan if self._owns(chain)]
+        total = len(self.subjects) + sum(self.cell_count(chain) for chain in mine)
         self.bar = progress(total=total, desc="cells", unit="cell", leave=True)
         try:
-            for subject in self.subjects:
-                self._run_subject(subject)
+            for subject in self.subjects:  # every shard and task needs each model's clean cell
+                self._record_model_checks(subject)
+                _hint_if_chance(subject, self.start(subject))
+            if self.config.ray:
+                from robustcnn.sweep.on_ray import run_on_ray
+
+                run_on_ray(self, mine)
+            else:
+                for chain in mine:
+                    self.run_chain(chain)
         except KeyboardInterrupt:
             self.results()  # every finished cell, also those since the last progressive write
             self._write_manifest(
@@ -107,62 +97,51 @@ class Sweep:
             raise
         finally:
             self.bar.close()
-        results = self.results()
-        self._write_manifest("finished", "")
+            self.bar = None
+        return self._assemble()
+
+    def _owns(self, chain: Chain) -> bool:
+        """A shard's deterministic share: every count-th chain of the plan, so models and attacks mix."""
+        return self.shard is None or chain.index % self.shard[1] == self.shard[0]
+
+    def _assemble(self) -> pd.DataFrame:
+        """Rows, worst case, gallery and manifest from every finished cell; shards read the others' cells too,
+        one shard at a time, so whichever finishes last writes the complete results."""
+        with self.store.lock():
+            if self.shard is not None:
+                found = [self.finished(chain) for chain in self.plan]  # all of them: each reads what is there
+                self.complete = all(found)
+            else:
+                self.complete = True
+            for subject in self.subjects:
+                if self._complete(subject):
+                    self._finish(subject)
+            results = self.results()
+            if self.complete:
+                self._write_manifest("finished", "")
+            else:
+                missing = sum(self._cell_count(s) for s in self.subjects) - sum(len(d) for d in self.done.values())
+                self._write_manifest(
+                    "partial",
+                    f"shard {self.config.shard} finished its cells; {missing} cell(s) of other shards are not done "
+                    "yet: the shard that finishes last writes the complete results (or re-run any shard)",
+                )
         return results
 
-    def _cell_count(self, subject: Subject) -> int:
-        """Cells of one model: clean, one per eps of each bounded attack, one per other attack, one per probe."""
-        count = 1
-        for spec in self.suite.attacks:
-            count += len(self.grids[subject.id][spec.name]) if spec.kind in PER_EPS_KINDS else 1
-            count += int(self._probes(spec))
-        return count
-
-    def _run_subject(self, subject: Subject) -> None:
-        self._record_model_checks(subject)
-        x, y = subject.data.images().numpy(), subject.data.y.numpy()
-        correct = self._clean(subject, x, y)
-        _hint_if_chance(subject, correct)
-        for spec in self.suite.attacks:
-            attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
-            RUNS[spec.kind](self, subject, spec, attack, x, y, correct)
-            if self._probes(spec):
-                self._probe(subject, spec, attack, x, y)
+    def _finish(self, subject: Subject) -> None:
+        """What a model gets once all its cells are done: the gallery and the patch images."""
+        x, y, correct = self.inputs[subject.id]
+        for done in self.done[subject.id]:
+            if done.spec is not None and done.spec.kind == "patch":
+                self._save_patch_png(subject, done.spec, done.cell.extra["patch"])
         if self.config.gallery:
             self._gallery(subject, x, y, correct)
 
-    # --- cells ---------------------------------------------------------------------------------
-    def _keys(self, subject: Subject, **parts: Any) -> tuple[str, int]:
-        """The cell's cache key and its random seed.
+    def _cell_count(self, subject: Subject) -> int:
+        return 1 + sum(self.cell_count(chain) for chain in self.plan if chain.subject is subject)
 
-        The key hashes everything the result depends on, the library versions that can change a number
-        included. The seed leaves the model out: the same attack gets the same random starts on every
-        model, so identical weights loaded two ways give identical rows, and models meet common random numbers.
-        """
-        common = {"dataset": subject.info.name, "subset": subject.subset_hash, "seed": self.config.seed, **parts}
-        key = cell_key({"model": subject.card.key, "versions": self.versions, **common})
-        return key, self.config.seed * 1_000_003 + int(cell_key(common)[:8], 16)
-
-    def _cell(self, subject: Subject, spec: AttackSpec | None, kind: str, parts: dict, compute) -> Cell:
-        """The cell from disk if a matching one is there, else computed and saved; recorded as done either way."""
-        key, seed = self._keys(subject, **parts)
-        cell = self.store.load(key)
-        if cell is None:
-            self.bar.set_postfix_str(f"{subject.id} {spec.name if spec else kind}", refresh=True)
-            seed_all(seed)  # per cell: order and resume do not matter
-            started = time.perf_counter()
-            cell = compute()
-            seconds = round(time.perf_counter() - started, 3)
-            for values in cell.values:
-                values.update(n=cell.flags.shape[1], seconds=seconds)
-            self.store.save(key, cell)
-            self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
-            self._progress()
-        else:
-            self.done.setdefault(subject.id, []).append(Done(spec, kind, key, cell))
-        self.bar.update()
-        return cell
+    def _computed(self, subject: Subject, done: Done) -> None:
+        self._progress()
 
     def _progress(self) -> None:
         """Rewrites results.csv while the sweep runs, for whoever watches it, at a cost bounded by a fixed share
@@ -174,124 +153,6 @@ class Sweep:
         self.results()
         self.written_at = time.perf_counter()
         self.write_seconds = self.written_at - started
-
-    def _clean(self, subject: Subject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, x, y)[None], {})  # noqa: E731
-        return self._cell(subject, None, "clean", {"cell": "clean"}, compute).flags[0]
-
-    def _bounded(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
-        grid = self.grids[subject.id][spec.name]
-        for i, eps in enumerate(grid):
-            if self.config.naive:
-                todo, mode = correct, {"mode": "naive"}
-            else:
-                todo = correct & self._unbroken(subject, spec, eps)
-                mode = {"mode": "nested", "prior": list(grid[:i]), **self._cascade_identity(subject, spec)}
-
-            def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.bounded(attack, subject.target, x, y, todo, eps)[None], {})
-
-            self._cell(subject, spec, "attack", {"attack": spec.describe(), "eps": eps, **mode}, compute)
-
-    def _certified(self, subject: Subject, spec: AttackSpec, bound, x, y, correct) -> None:
-        """One cell per eps; each eps bounds only what the previous one certified (a proof at eps holds below it)."""
-        todo = correct
-        grid = self.grids[subject.id][spec.name]
-        for i, eps in enumerate(grid):
-
-            def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.certified(bound, subject.target, x, y, todo, eps)[None], {})
-
-            parts = {"attack": spec.describe(), "eps": eps, "prior": list(grid[:i])}
-            todo = self._cell(subject, spec, "certified", parts, compute).flags[0]
-
-    def _unbroken(self, subject: Subject, spec: AttackSpec, eps: float) -> np.ndarray:
-        """Examples no finished row of this attack at a smaller eps broke (in a cascade: nor any earlier
-        attack of its norm at an eps up to this one). Eps balls nest, so those broken stay broken."""
-        earlier = self._earlier(spec) if self.suite.cascade else set()
-        flags = np.ones(len(subject.subset), dtype=bool)
-        for done in self.done.get(subject.id, []):
-            if done.spec is spec or (done.spec is not None and done.spec.name in earlier):
-                for _, row_eps, row_flags in done.evidence():
-                    if row_eps < eps - EPS_TOLERANCE or (done.spec is not spec and row_eps <= eps + EPS_TOLERANCE):
-                        flags &= row_flags
-        return flags
-
-    def _earlier(self, spec: AttackSpec) -> set[str]:
-        """The attacks before `spec` in the suite with its norm: what a cascade runs `spec` after."""
-        index = self.suite.attacks.index(spec)
-        return {s.name for s in self.suite.attacks[:index] if s.norm is spec.norm and s.kind in ATTACK_KINDS}
-
-    def _cascade_identity(self, subject: Subject, spec: AttackSpec) -> dict[str, Any]:
-        if not self.suite.cascade:
-            return {}
-        before = [s for s in self.suite.attacks if s.name in self._earlier(spec)]
-        return {"after": [[s.describe(), list(self.grids[subject.id][s.name])] for s in before]}
-
-    def _minimal(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
-        grid = self.grids[subject.id][spec.name]
-
-        def compute() -> Cell:
-            flags, distance = cells.minimal(attack, subject.target, x, y, correct, grid)
-            return Cell([{"eps": eps} for eps in grid], flags, {"distance": distance})
-
-        self._cell(subject, spec, "attack", {"attack": spec.describe(), "grid": list(grid)}, compute)
-
-    def _smoothed(self, subject: Subject, spec: AttackSpec, certificate, x, y, correct) -> None:
-        grid = self.grids[subject.id][spec.name]
-
-        def compute() -> Cell:
-            flags, radius = cells.smoothed(certificate, x, y, grid)
-            return Cell([{"eps": eps} for eps in grid], flags, {"radius": radius})
-
-        self._cell(subject, spec, "smoothed", {"attack": spec.describe(), "grid": list(grid)}, compute)
-
-    def _patch(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
-        scales = self.grids[subject.id][spec.name]
-
-        def compute() -> Cell:
-            x_train, y_train = self._patch_training_images(subject, spec)
-            goal = spec.params.target
-            flags, success, patch = cells.patch(attack, subject.target, x, y, x_train, y_train, scales, goal)
-            values = [{"scale": s, "target_success": t} for s, t in zip(scales, success, strict=True)]
-            return Cell(values, flags, {"patch": patch})
-
-        cell = self._cell(subject, spec, "attack", {"attack": spec.describe(), "scales": list(scales)}, compute)
-        self._save_patch_png(subject, spec, cell.extra["patch"])
-
-    def _probes(self, spec: AttackSpec) -> bool:
-        """White-box bounded attacks get a probe; a black-box one costs thousands of queries per example."""
-        return bool(self.config.probe) and spec.kind == "bounded" and spec.attack_class.box == "white"
-
-    def _probe(self, subject: Subject, spec: AttackSpec, attack, x, y) -> None:
-        grid = self.grids[subject.id][spec.name]
-        size = min(self.config.probe, len(x))
-
-        def compute() -> Cell:
-            flags = cells.probe(attack, subject.target, x[:size], y[:size], grid)
-            return Cell([{"eps": eps} for eps in grid], flags, {})
-
-        parts = {"attack": spec.describe(), "grid": list(grid), "probe": size}
-        self._cell(subject, spec, "probe", parts, compute)
-
-    def _patch_training_images(self, subject: Subject, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray]:
-        """The patch is optimised on training images so the test images it is judged on stay unseen."""
-        from robustcnn.data import load_dataset
-
-        if subject.info.has_train:
-            pool = load_dataset(subject.info.name, "train", self.config.data_dir, self.config.download)
-        else:  # test data only (npz without x_train): the test images this sweep does not judge
-            pool = load_dataset(subject.info.name, "test", self.config.data_dir, self.config.download)
-            pool = pool.subset(np.setdiff1d(np.arange(len(pool)), subject.subset))
-            if not len(pool):
-                raise UsageError(
-                    f"{subject.info.name} has no training images and --n takes every test image: the patch needs "
-                    "images it is not judged on; lower --n, or add x_train / y_train to the file"
-                )
-        count = min(spec.params.train_images, len(pool))
-        index = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.config.seed))[:count]
-        part = pool.subset(index)
-        return part.images().numpy(), part.y.numpy()
 
     def _save_patch_png(self, subject: Subject, spec: AttackSpec, patch: np.ndarray) -> None:
         from PIL import Image
@@ -445,8 +306,9 @@ class Sweep:
             "suite": self.suite.to_dict(),
             "seed": self.config.seed,
             "mode": "naive" if self.config.naive else "nested",
-            "device": str(self.subjects[0].target.device),
-            "batch_size": self.subjects[0].target.batch_size,
+            "device": f"{self.config.device} in Ray tasks" if self.config.ray else str(self.subjects[0].target.device),
+            "batch_size": self._batch_size(),
+            "shard": self.config.shard,
             "versions": library_versions(),
             "git_sha": git_sha(),
             "machine": machine(),
@@ -454,6 +316,11 @@ class Sweep:
             "repeat": repeat_command(self.config, self.subjects),
             "models": [self._describe(s) for s in self.subjects],
         }
+
+    def _batch_size(self) -> int | str:
+        if self.config.ray and not self.config.batch_size:
+            return "each task's device default (1024 on a GPU, 128 on a CPU)"
+        return self.subjects[0].target.batch_size
 
     def _describe(self, subject: Subject) -> dict[str, Any]:
         return {
@@ -483,15 +350,6 @@ class Sweep:
         write_json(self.out / MANIFEST_FILE, self.manifest)
 
 
-RUNS = {  # attack kind -> its cells
-    "bounded": Sweep._bounded,
-    "minimal": Sweep._minimal,
-    "patch": Sweep._patch,
-    "certified": Sweep._certified,
-    "smoothed": Sweep._smoothed,
-}
-PER_EPS_KINDS = ("bounded", "certified")  # one cell per eps (the others: one cell for the whole grid)
-ATTACK_KINDS = ("bounded", "minimal")  # attacks whose rows bound robust accuracy from above at an eps
 PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
 PROGRESS_COST_FACTOR = 50  # ... and at most once per this many times what the last rewrite took (<= 2% of the time)
 
@@ -530,8 +388,8 @@ def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
     for option in dataclasses.fields(SweepConfig):
         value = getattr(config, option.name)
         flag = "--" + option.name.replace("_", "-")
-        if option.name == "weights" or value == option.default:
-            continue  # each run directory's spec says its weights
+        if option.name in ("weights", *WHERE_OPTIONS) or value == option.default:
+            continue  # each run directory's spec says its weights; where cells ran does not change them
         if option.name == "report":
             words.append("--no-report")
         elif option.name == "fail_under":

@@ -9,9 +9,13 @@ moment loses at most the cell in flight and can never duplicate or tear a row.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from robustcnn.console import say
 from robustcnn.fileio import atomic_path
 
 CELLS = "cells"
+LOCK_FILE = ".lock"  # empty; only locked
 
 
 def cell_key(identity: dict[str, Any]) -> str:
@@ -75,3 +80,27 @@ class CellStore:
                 flags=np.packbits(flags, axis=1),
                 **arrays,
             )
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held while results are assembled, so processes sharing the folder (shards) do it one at a time and
+        the last to finish writes last. POSIX record locks: also across machines on NFS."""
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+class MemoryStore:
+    """Cells held in memory: what a Ray task was handed (finished cells of its chain) and what it computes."""
+
+    def __init__(self, cells: dict[str, Cell] | None = None):
+        self.cells = dict(cells or {})
+
+    def load(self, key: str) -> Cell | None:
+        return self.cells.get(key)
+
+    def save(self, key: str, cell: Cell) -> None:
+        self.cells[key] = cell

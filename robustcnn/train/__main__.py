@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from robustcnn.train import TrainConfig, train
+    from robustcnn.train.distributed import is_main_process, launch_command
 
     args = parser().parse_args(argv)
     given = given_arguments(args, TrainConfig)
@@ -39,9 +41,12 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         target = args.resume or given.get("out")
         started = target and (Path(target) / "run.json").is_file()  # else there is nothing to resume yet
-        hint = f"; resume with: python -m robustcnn.train --resume {target}" if started else ""
-        print(f"robustcnn.train: interrupted{hint}", file=sys.stderr)
+        hint = f"; resume with: {launch_command()} --resume {target}" if started else ""
+        if is_main_process():  # under torchrun every rank stops together; rank 0 says so once
+            print(f"robustcnn.train: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not is_main_process():  # rank 0 prints the summary for the job
+        return EXIT_FAILED if run.meta["status"] == "not-robust" else EXIT_OK
     final = run.meta.get("final", {})
     robust = f"\tval_pgd_acc={final['val_pgd_acc']:.4f}" if "val_pgd_acc" in final else ""
     print(f"{run.path}\t{run.meta['status']}\ttest_acc={final.get('test_acc', float('nan')):.4f}{robust}")
@@ -51,7 +56,11 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    sys.exit(run_main(main, name="robustcnn.train"))
+    from robustcnn.train.distributed import is_main_process
+
+    # under torchrun each rank that fails says why on its own line
+    name = "robustcnn.train" if is_main_process() else f"robustcnn.train (rank {os.environ['RANK']})"
+    sys.exit(run_main(main, name=name))
 
 
 if __name__ == "__main__":

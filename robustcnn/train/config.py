@@ -55,7 +55,12 @@ class TrainConfig:
     arch: str = option("smallcnn", "model architecture")
     out: str | None = option(None, "run directory to create (weights, run.json, metrics.csv)")
     epochs: int | None = option(None, "passes over the training set; default: the dataset's recipe", INT)
-    batch_size: int | None = option(None, "examples per optimiser step; default: the dataset's recipe", INT)
+    batch_size: int | None = option(
+        None, "examples per optimiser step, over all processes under torchrun; default: the dataset's recipe", INT
+    )
+    sync_bn: bool = option(
+        False, "under torchrun on GPUs: BatchNorm statistics over the global batch, not each process's share", BOOL
+    )
     optimizer: Optimizer | None = option(None, "sgd or adam; default: the dataset's recipe", enum_parser(Optimizer))
     lr: float | None = option(None, "peak learning rate; default: the dataset's recipe", FLOAT)
     momentum: float = option(0.9, "SGD momentum", non_negative_float)

@@ -24,7 +24,7 @@ from robustcnn.errors import RunFailed, UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, remove_stale_temps
 from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
-from robustcnn.train import checkpoint
+from robustcnn.train import checkpoint, distributed
 from robustcnn.train.checkpoint import Progress
 from robustcnn.train.config import (
     NOT_ADVERSARIAL,
@@ -36,6 +36,7 @@ from robustcnn.train.config import (
     TrainConfig,
     resolve,
 )  # fmt: skip
+from robustcnn.train.distributed import RANK_SEED_STRIDE, Group, weights_digest
 from robustcnn.train.methods import build_method
 from robustcnn.train.schedule import learning_rate, warm_eps
 from robustcnn.train.validate import Validator
@@ -47,6 +48,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     """Trains a model and returns its `Run`. `train(dataset="mnist5k", adv=True, out="runs/x")`.
 
     With `resume=DIR` it continues a saved run; only run options (device, amp, data_dir) may change.
+    Under torchrun every process calls it and they train one model together (robustcnn/train/distributed.py).
     """
     if resume is not None:
         run_dir, config = _resume_config(Path(resume), overrides)
@@ -56,12 +58,15 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     config = resolve(config, info)
     model_config = ModelConfig.for_dataset(config.arch, info)
     model = create_model(model_config)  # fails fast on an unknown arch or an image size it cannot take
-    device = resolve_device(config.device)
-    if resume is None:
-        run_dir = Path(config.out or _default_out(config))
-        checkpoint.prepare_fresh(run_dir, config.overwrite)
-    trainer = _Trainer(config, info, model_config, model, device, run_dir)
-    return trainer.run(resumed=resume is not None)
+    with distributed.session(resolve_device(config.device)) as group:
+        group.check_batch(config.batch_size)
+        if resume is None:
+            run_dir = Path(config.out or _default_out(config))
+            group.on_main(checkpoint.prepare_fresh, run_dir, config.overwrite)  # rank 0 writes every file
+        else:
+            group.on_main(remove_stale_temps, run_dir)
+        trainer = _Trainer(config, info, model_config, model, group.device, run_dir, group)
+        return trainer.run(resumed=resume is not None)
 
 
 def _default_out(config: TrainConfig) -> str:
@@ -72,7 +77,6 @@ def _default_out(config: TrainConfig) -> str:
 
 def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, TrainConfig]:
     meta = load_run(run_dir).meta
-    remove_stale_temps(run_dir)
     changeable = [o for o in RUN_OPTIONS if o not in ("out", "overwrite")]
     changed = sorted(set(overrides) - set(changeable))
     if changed:
@@ -114,17 +118,24 @@ def split_train_val(train: ImageSet, config: TrainConfig) -> tuple[ImageSet, Ima
     return train.subset(rest), train.subset(val)
 
 
-def augment(x: torch.Tensor, kind: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel crop (and flip) on a batch; x is (N, C, H, W)."""
+def augment(
+    x: torch.Tensor, kind: Augment, generator: torch.Generator, batch: int | None = None, part: slice = slice(None)
+) -> torch.Tensor:
+    """Random 4-pixel crop (and flip) on a batch; x is (N, C, H, W).
+
+    Under torchrun x is this process's `part` of a global batch of `batch` images: every process draws for the
+    whole batch from the same generator and keeps its part, so an image is cropped alike at any world size.
+    """
     if kind is Augment.NONE:
         return x
     n, _, height, width = x.shape
+    batch = n if batch is None else batch
     padded = F.pad(x, (4, 4, 4, 4))
-    rows, cols = torch.randint(0, 9, (2, n), generator=generator).tolist()
+    rows, cols = torch.randint(0, 9, (2, batch), generator=generator)[:, part].tolist()
     crops = [padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, cols, strict=True))]
     x = torch.stack(crops)
     if kind is Augment.CROP_FLIP:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(batch, generator=generator) < 0.5)[part]
         x[flip] = x[flip].flip(3)
     return x
 
@@ -137,30 +148,33 @@ class _Trainer:
     model: Normalized
     device: torch.device
     run_dir: Path
+    group: Group  # the processes training together: one without torchrun
 
     def run(self, resumed: bool) -> Run:
         config = self.config
         seed_everything(config.seed)
         self.model = create_model(self.model_config)  # re-created after seeding: same init for the same seed
         self._place_model()
+        self.model = self.group.sync_batchnorm(self.model, config.sync_bn)
         train_set, val_set = split_train_val(
             load_dataset(config.dataset, "train", config.data_dir, config.download), config
         )
         self.optimizer = self._optimizer()
         progress_state = Progress()
         if resumed and (self.run_dir / STATE_FILE).is_file():  # no state file: killed during the first epoch
-            progress_state = checkpoint.load_state(self.run_dir, self.model, self.optimizer)
+            progress_state = checkpoint.load_state(self.run_dir, self.model, self.optimizer)  # on every rank
         if progress_state.epochs_done >= config.epochs:
             say(f"{self.run_dir}: already trained for {config.epochs} epochs; nothing to do")
             return load_run(self.run_dir)
-        self.method = build_method(self.model, config, self.info, self.device)
-        self.validator = Validator(self.model, val_set, config, self.device, self.method)
+        train_model = self.group.wrap(self.model)
+        self.method = build_method(self.model, config, self.info, self.device, train_model)
+        self.validator = Validator(self.model, val_set, config, self.device, self.method, self.group)
         self.meta = self._meta(resumed)
         self._write(progress_state, "running", "")
         start = progress_state.epochs_done
         say(
             f"{'resuming' if resumed else 'training'} {config.arch} on {config.dataset} "
-            f"({self.meta['method']}, {len(train_set)} train / {len(val_set)} val images) on {self.device} "
+            f"({self.meta['method']}, {len(train_set)} train / {len(val_set)} val images) on {self._where()} "
             f"from epoch {start + 1} of {config.epochs} -> {self.run_dir}"
         )
         try:
@@ -172,13 +186,19 @@ class _Trainer:
             self._write(
                 progress_state,
                 "interrupted",
-                f"interrupted; resume with: python -m robustcnn.train --resume {self.run_dir}",
+                f"interrupted; resume with: {distributed.launch_command()} --resume {self.run_dir}",
             )
             raise
         except RunFailed as error:
             self._write(progress_state, "failed", str(error))
             raise
         return self._final(progress_state)
+
+    def _where(self) -> str:
+        if not self.group.active:
+            return str(self.device)
+        share = self.config.batch_size // self.group.world_size
+        return f"{self.group.world_size} processes ({self.group.backend}, {share} images each per step)"
 
     def _place_model(self) -> None:
         amp = self.config.amp
@@ -215,7 +235,8 @@ class _Trainer:
             "model": self.model_config.to_dict(),
             "config": to_dict(config),
             "seed": config.seed,
-            "device": str(self.device),
+            "device": str(self.device),  # rank 0's under torchrun
+            "distributed": self.group.describe(config.batch_size),
             "commands": previous.get("commands", []) + [command_line()],
             "versions": library_versions(),
             "git_sha": git_sha(),
@@ -224,14 +245,16 @@ class _Trainer:
 
     def _fit(self, train_set: ImageSet, state: Progress) -> None:
         config = self.config
-        steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        steps_per_epoch = self.group.steps_per_epoch(len(train_set), config.batch_size)
         total_steps = config.epochs * steps_per_epoch
         for epoch in range(state.epochs_done, config.epochs):
-            seed_everything(config.seed * 100_003 + epoch)  # per-epoch seeds make resume exact
+            # per-epoch seeds make resume exact; per-rank ones give each rank's images their own random starts
+            seed_everything(config.seed * 100_003 + epoch + RANK_SEED_STRIDE * self.group.rank)
             started = time.perf_counter()
             row = self._epoch(train_set, state, epoch, steps_per_epoch, total_steps)
             row.update(self.validator())
             row["seconds"] = round(time.perf_counter() - started, 3)
+            row = self.group.broadcast(row)  # rank 0's row everywhere: the same best-epoch and stop decisions
             self._end_epoch(state, row)
             if state.stopped_early:
                 break
@@ -244,9 +267,9 @@ class _Trainer:
         correct = torch.zeros((), device=self.device)
         seen, lr, eps = 0, config.lr, config.eps
         bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-        for x, y in train_set.batches(config.batch_size, shuffle=True, generator=generator):
-            x = augment(x, self.info.augment, generator).to(self.device)
-            y = y.to(self.device)
+        for index, batch, part in self.group.batches(len(train_set), config.batch_size, generator):
+            x = augment(train_set.images(index), self.info.augment, generator, batch, part).to(self.device)
+            y = train_set.y[index].to(self.device)  # (n,): this process's share of the global batch
             lr = learning_rate(config.schedule, config.lr, state.step, total_steps)
             eps = warm_eps(config.eps, state.step, warmup_steps)
             for group in self.optimizer.param_groups:
@@ -260,21 +283,27 @@ class _Trainer:
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if state.step % CHECK_EVERY == 0:
-                self._check_finite(loss_sum, epoch, lr)
+                self._check(loss_sum, epoch, lr)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
             bar.update()
         bar.close()
-        self._check_finite(loss_sum, epoch, lr)
+        self._check(loss_sum, epoch, lr)
+        loss_total, correct_total, seen_total = self.group.sum(
+            torch.tensor([loss_sum.item(), correct.item(), seen], dtype=torch.float64)
+        ).tolist()  # over every process: the logged numbers are the global batch's
         return {
             "epoch": epoch + 1,
             "lr": lr,
             "eps": eps if config.adv else 0.0,
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
         }
 
-    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
-        value = loss_sum.item()
+    def _check(self, loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
+        """Stops every process at the same step: on a signal any of them got, or a non-finite loss on any."""
+        value, stop = self.group.should_stop(loss_sum)
+        if stop:
+            raise KeyboardInterrupt
         if not math.isfinite(value):
             kept = (
                 f"the last good checkpoint (epoch {epoch}) is kept in"
@@ -294,14 +323,16 @@ class _Trainer:
         improved = (verdict.sound, score) > (state.best_sound, state.best_score)  # a sound epoch beats any other
         if improved:
             state.best_epoch, state.best_score, state.best_sound = epoch, score, verdict.sound
-            checkpoint.save_weights(self.run_dir, "best", self.model, epoch)
         state.history.append(row)
         state.epochs_done = epoch
         if verdict.overfitted:
             state.stopped_early = f"{verdict.what} at epoch {epoch}: {verdict.problem}"
-        checkpoint.save_weights(self.run_dir, "last", self.model, epoch)
-        checkpoint.save_state(self.run_dir, self.model, self.optimizer, state)
-        checkpoint.write_metrics(self.run_dir, state.history)
+        if self.group.is_main:  # rank 0 writes for all: every rank holds the same weights and progress
+            if improved:
+                checkpoint.save_weights(self.run_dir, "best", self.model, epoch)
+            checkpoint.save_weights(self.run_dir, "last", self.model, epoch)
+            checkpoint.save_state(self.run_dir, self.model, self.optimizer, state)
+            checkpoint.write_metrics(self.run_dir, state.history)
         self._write(state, "running", "")
         say(
             f"epoch {epoch}/{self.config.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.3f}  "
@@ -361,6 +392,15 @@ class _Trainer:
         return "train longer (--epochs), with a longer --eps-warmup, a wider --arch or a smaller --eps"
 
     def _final(self, state: Progress) -> Run:
+        """Rank 0 tests the kept epoch and writes the outcome; the others wait for its run.json contents."""
+        self.meta["distributed"]["weights_sha256_by_rank"] = self.group.gather(weights_digest(self.model))
+        if not self.group.is_main:
+            return Run(self.run_dir, self.group.broadcast(None))
+        run = self._test_and_close(state)
+        self.group.broadcast(run.meta)
+        return run
+
+    def _test_and_close(self, state: Progress) -> Run:
         best = load_run(self.run_dir).model("best", self.device)
         test = load_dataset(self.config.dataset, "test", self.config.data_dir, self.config.download)
         with torch.no_grad():
@@ -393,7 +433,8 @@ class _Trainer:
             best_epoch=state.best_epoch,
             metrics=state.history,
         )
-        checkpoint.write_run(self.run_dir, self.meta)
+        if self.group.is_main:
+            checkpoint.write_run(self.run_dir, self.meta)
 
 
 def _now() -> str:

@@ -19,10 +19,23 @@ METHODS: Registry[type[Method]] = Registry("training method")
 
 
 class Method:
-    """Standard training: cross-entropy on clean images."""
+    """Standard training: cross-entropy on clean images.
 
-    def __init__(self, model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device):
+    `model` is what attacks run on (the plain module, weights frozen meanwhile); `train_model` is what the
+    loss's forward goes through: under torchrun the DDP wrapper around `model`, whose backward averages the
+    gradients over processes, else `model` itself.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        info: DatasetInfo,
+        device: torch.device,
+        train_model: nn.Module | None = None,
+    ):
         self.model = model
+        self.train_model = model if train_model is None else train_model
         self.config = config
         self.info = info
         self.device = device
@@ -30,7 +43,7 @@ class Method:
     def loss(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, logits of the images trained on) with the model in train mode."""
         self.model.train()
-        logits = self.model(x)
+        logits = self.train_model(x)
         return F.cross_entropy(logits, y), logits
 
     def validation_examples(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor | None:
@@ -60,8 +73,8 @@ def _pgd(classifier, config: TrainConfig, steps: int):
 class PgdTraining(Method):
     """Madry et al. (2018): minimise the loss on PGD examples, x_adv = PGD-k(x, y) inside the eps ball."""
 
-    def __init__(self, model, config, info, device):
-        super().__init__(model, config, info, device)
+    def __init__(self, model, config, info, device, train_model=None):
+        super().__init__(model, config, info, device, train_model)
         self.classifier = art_classifier(model, info.shape, info.num_classes, device, self.attack_loss())
         self.attack = _pgd(self.classifier, config, config.attack_steps)
 
@@ -103,10 +116,10 @@ class NFgsmTraining(PgdTraining):
 
     NOISE = 2.0  # noise radius in units of eps (the paper's k)
 
-    def __init__(self, model, config, info, device):
+    def __init__(self, model, config, info, device, train_model=None):
         from art.attacks.evasion import FastGradientMethod
 
-        super().__init__(model, config, info, device)
+        super().__init__(model, config, info, device, train_model)
         self.attack = FastGradientMethod(self.classifier, norm=config.constraint.art, batch_size=config.batch_size)
 
     def perturb(self, x, target, eps):
@@ -149,7 +162,7 @@ class TradesTraining(PgdTraining):
     def loss(self, x, y, eps):
         x_adv = self.perturb(x, self.soft_labels(x), eps)
         self.model.train()
-        clean, adv = self.model(x), self.model(x_adv)  # two forwards, as in the reference implementation
+        clean, adv = self.train_model(x), self.train_model(x_adv)  # two forwards, as in the reference code
         robust = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
         return F.cross_entropy(clean, y) + self.config.beta * robust, adv
 
@@ -162,10 +175,10 @@ class IbpTraining(Method):
     No attack is run: the bound is one pass of intervals beside the clean one (an epoch measured 2.8-3.5x a
     clean epoch on ibpcnn, benchmarks/results/certify)."""
 
-    def __init__(self, model, config, info, device):
+    def __init__(self, model, config, info, device, train_model=None):
         from robustcnn.certify.bounds import check_model
 
-        super().__init__(model, config, info, device)
+        super().__init__(model, config, info, device, train_model)
         try:
             check_model(model.eval())
         except UsageError as error:
@@ -180,7 +193,7 @@ class IbpTraining(Method):
         from robustcnn.certify.bounds import bounds
 
         self.model.train()
-        logits = self.model(x)
+        logits = self.train_model(x)  # through DDP: its backward also averages the bound's weight gradients
         clean = F.cross_entropy(logits, y)
         if eps <= 0:
             return clean, logits
@@ -210,6 +223,12 @@ class GaussianTraining(Method):
         return self.noisy(x)
 
 
-def build_method(model: nn.Module, config: TrainConfig, info: DatasetInfo, device: torch.device) -> Method:
+def build_method(
+    model: nn.Module,
+    config: TrainConfig,
+    info: DatasetInfo,
+    device: torch.device,
+    train_model: nn.Module | None = None,
+) -> Method:
     name = config.adv_method.value if config.adv else "standard"
-    return METHODS.get(name)(model, config, info, device)
+    return METHODS.get(name)(model, config, info, device, train_model)

@@ -1,4 +1,7 @@
-"""Per-epoch robustness check on the held-out images: clean, FGSM, the training attack and PGD-10, via ART."""
+"""Per-epoch robustness check on the held-out images: clean, FGSM, the training attack and PGD-10, via ART.
+
+Under torchrun each process checks its share of the images and the correct counts are summed over processes.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,30 @@ from torch import nn
 from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import ImageSet
 from robustcnn.train.config import AdvMethod, TrainConfig
+from robustcnn.train.distributed import Group
 from robustcnn.train.methods import Method
 
 PGD_STEPS = 10  # enough to expose catastrophic overfitting, cheap on a few hundred images
 
 
 class Validator:
-    def __init__(self, model: nn.Module, val: ImageSet, config: TrainConfig, device: torch.device, method: Method):
+    def __init__(
+        self,
+        model: nn.Module,
+        val: ImageSet,
+        config: TrainConfig,
+        device: torch.device,
+        method: Method,
+        group: Group | None = None,
+    ):
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
 
         self.model, self.device, self.method, self.eps = model, device, method, config.eps
+        self.group = group or Group(device)
         self.own_is_pgd = _trains_on_validation_pgd(config)  # then PGD-10's accuracy is the own attack's too
-        self.x, self.y = val.images(), val.y  # (n, C, H, W) in [0, 1], (n,)
+        self.n = len(val)
+        part = self.group.share(len(val))
+        self.x, self.y = val.images()[part], val.y[part]  # (n, C, H, W) in [0, 1], (n,): this process's share
         classifier = art_classifier(model, val.info.shape, val.info.num_classes, device)
         norm, eps, batch = config.constraint.art, config.eps, max(config.batch_size, 256)
         self.fgsm = FastGradientMethod(classifier, norm=norm, eps=eps, eps_step=eps, batch_size=batch)
@@ -30,27 +45,31 @@ class Validator:
             num_random_init=1, batch_size=batch, verbose=False,
         )  # fmt: skip
 
-    def accuracy(self, x: torch.Tensor) -> float:
+    def correct(self, x: torch.Tensor) -> torch.Tensor:
+        """How many of this process's images `x` the model classifies right (a 0-d int64 tensor on the CPU)."""
         self.model.eval()
         with torch.no_grad():
             predictions = self.model(x.to(self.device)).argmax(1).cpu()
-        return (predictions == self.y).float().mean().item()
+        return (predictions == self.y).sum()
 
     def __call__(self) -> dict[str, float]:
         x, y = to_numpy(self.x), self.y.numpy()
         with frozen(self.model), lazy_success_rate():  # skips 2 log-only forward passes, ~6% of PGD-10
             x_fgsm, x_pgd = self.fgsm.generate(x, y), self.pgd.generate(x, y)
-        row = {
-            "val_acc": self.accuracy(self.x),
-            "val_fgsm_acc": self.accuracy(from_numpy(x_fgsm, "cpu")),
-            "val_pgd_acc": self.accuracy(from_numpy(x_pgd, "cpu")),
+        correct = {
+            "val_acc": self.correct(self.x),
+            "val_fgsm_acc": self.correct(from_numpy(x_fgsm, "cpu")),
+            "val_pgd_acc": self.correct(from_numpy(x_pgd, "cpu")),
         }
+        if not self.own_is_pgd:
+            x_own = self.method.validation_examples(self.x.to(self.device), self.y.to(self.device), self.eps)
+            if x_own is not None:  # the method's own attack at full eps: what a collapse still resists
+                correct["val_train_attack_acc"] = self.correct(x_own)
+        totals = self.group.sum(torch.stack(list(correct.values())))
+        # float32 count / n: bit for bit the float32 mean of the 0/1 hits that one process always reported
+        row = {name: (total.float() / self.n).item() for name, total in zip(correct, totals, strict=True)}
         if self.own_is_pgd:
             row["val_train_attack_acc"] = row["val_pgd_acc"]
-            return row
-        x_own = self.method.validation_examples(self.x.to(self.device), self.y.to(self.device), self.eps)
-        if x_own is not None:  # the method's own attack at full eps: what a collapse still resists
-            row["val_train_attack_acc"] = self.accuracy(x_own)
         return row
 
 
