@@ -15,6 +15,7 @@ import pytest
 
 import robustcnn
 from robustcnn.cli import run_main
+from robustcnn.report import write_report
 from robustcnn.sweep import __main__ as sweep_cli
 from robustcnn.sweep.store import CellStore
 from tests.conftest import ROOT
@@ -138,6 +139,8 @@ def test_shards_finish_in_either_order_and_the_last_writes_the_whole_results(set
     assert manifest["status"] == "partial" and "shard 1/2" in manifest["message"]
     assert 0 < len(first) < len(local) and "worst-case" not in set(first.kind)  # no worst case from part of it
     assert not (out / "report.html").exists()
+    assert "sweep partial, not every cell is done" in write_report(out).table  # a report made anyway says so
+    (out / "report.html").unlink()
     last = robustcnn.sweep(runs, suite=suite, n=int(N), out=str(out), shard="0/2")
     same_numbers(local, last)
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"

@@ -54,7 +54,15 @@ def write_report(out_dir: str | Path) -> Written:
         write_json(data.out_dir / CHECKS_FILE, checks_json(found))
     except OSError as error:
         raise UsageError(f"cannot write the report into {data.out_dir}: {error.strerror or error}") from None
-    return Written(data.out_dir / REPORT_FILE, text_table(table), found)
+    return Written(data.out_dir / REPORT_FILE, text_table(table) + _unfinished(data.manifest), found)
+
+
+def _unfinished(manifest: dict) -> str:
+    """A line under the table when the rows are not the whole sweep (a shard ahead of the others, a kill)."""
+    status = manifest.get("status", "finished")
+    if status == "finished":
+        return ""
+    return f"\nsweep {status}, not every cell is done: {manifest.get('message') or 'it is still running'}"
 
 
 def summary_table(source: str | Path | pd.DataFrame, manifest: dict | None = None) -> str:

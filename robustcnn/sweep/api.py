@@ -86,7 +86,7 @@ def _run(config: SweepConfig, suite, subjects, grids, gates, device) -> pd.DataF
     out = prepare_out(Path(config.out))  # after every check: a refused model or suite leaves --out untouched
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()
-    where = f"Ray tasks ({config.device})" if config.ray else str(device)
+    where = f"Ray tasks (--ray {config.ray}, --device {config.device} in each)" if config.ray else str(device)
     share = f", shard {config.shard}" if config.shard else ""
     what = f"{len(subjects)} model(s) with suite {suite.name!r} ({runner.mode_label()}{share})"
     say(f"sweeping {what} on {where} -> {out}")

@@ -106,7 +106,10 @@ class _Tasks:
         subjects = {chain.subject.id: chain.subject for chain in chains}
         self.payloads = {name: ray.put(self._payload(subject)) for name, subject in subjects.items()}
         self.remote = ray.remote(_chain_task).options(
-            num_cpus=self.config.cpus_per_task, num_gpus=self.config.gpus_per_task, max_retries=0
+            num_cpus=self.config.cpus_per_task,
+            num_gpus=self.config.gpus_per_task,
+            max_retries=0,
+            num_returns="streaming",
         )
         self.attempts: dict[int, int] = {}
         self.active: dict[Any, Chain] = {}  # the task's generator -> its chain
