@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.sweep_limit import bounded_suite
 from benchmarks.table import Row
 from benchmarks.timing import interleaved
 from robustcnn.errors import RunFailed
@@ -36,37 +37,10 @@ from robustcnn.errors import RunFailed
 TARGET = "<= 1.1"
 
 
-def write_suite(folder: Path, steps: int) -> Path:
-    """attacks/standard.toml without its patch entry (and with `steps` PGD steps)."""
-    import tomllib
-
-    from robustcnn.sweep.suite import find_suite
-
-    text = find_suite("standard").read_text()
-    data = tomllib.loads(text)
-    lines = [f"description = {data['description']!r}", f"n = {data['n']}"]
-    for entry in data["attack"]:
-        if entry["type"] == "patch":
-            continue
-        lines.append("[[attack]]")
-        for key, value in entry.items():
-            value = steps if key == "steps" else value
-            lines.append(f"{key} = {_toml(value)}")
-    path = folder / "standard-no-patch.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(value) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
 def measure(paths: list[Path], n: int, repeats: int, steps: int, seed: int) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)
-        suite = write_suite(root, steps)
+        suite = bounded_suite("standard", root, steps)
         home = root / "home"  # Ray writes ~/.ray: kept out of the real home directory
         home.mkdir()
         env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

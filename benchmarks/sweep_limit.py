@@ -117,11 +117,14 @@ def counting(work: Work, image_shape: tuple[int, ...]) -> Iterator[None]:
         post.remove()
 
 
-def bounded_suite(name: str, folder: Path) -> Path:
+def bounded_suite(name: str, folder: Path, pgd_steps: int | None = None) -> Path:
     """A suite file with the bounded attacks of attacks/NAME.toml (the patch's cost is ART's image transforms,
-    not gradient work, so it has no gradient-work limit)."""
+    not gradient work, so it has no gradient-work limit), PGD steps optionally overridden."""
     data = tomllib.loads(find_suite(name).read_text(encoding="utf-8"))
-    kept = [e for e in data["attack"] if ATTACKS.get(e["type"]).kind == "bounded"]
+    kept = [dict(e) for e in data["attack"] if ATTACKS.get(e["type"]).kind == "bounded"]
+    for entry in kept:
+        if pgd_steps is not None and entry["type"] == "pgd":
+            entry["steps"] = pgd_steps
     path = folder / (f"{name}.toml" if len(kept) == len(data["attack"]) else f"{name}-bounded.toml")
     settings = {key: value for key, value in data.items() if key != "attack"}
     path.write_text(suite_toml(settings, kept), encoding="utf-8")

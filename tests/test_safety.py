@@ -118,10 +118,6 @@ ALLOWED = {
         "self.store.save",
     ): "CellStore.save: writes through atomic_path (scanned in store.py); MemoryStore.save writes no file",
     (
-        "robustcnn/sweep/on_ray.py",
-        "self.sweep.store.save",
-    ): "CellStore.save: writes through atomic_path (scanned in store.py)",
-    (
         "robustcnn/sweep/store.py",
         "os.open",
     ): "the empty lock file shards take turns on (CellStore.lock); nothing is written into it",

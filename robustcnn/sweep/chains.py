@@ -89,6 +89,7 @@ class ChainRunner:
     ):
         self.config, self.suite, self.grids, self.store, self.versions = config, suite, grids, store, versions
         self.on_computed = on_computed
+        self.position = {spec.name: i for i, spec in enumerate(suite.attacks)}  # plan order of the attacks
         self.done: dict[str, list[Done]] = {}  # subject id -> finished cells, in plan order
         self.inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # subject id -> x, y, clean flags
         self.patch_images: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # set by whoever has the data
@@ -157,35 +158,38 @@ class ChainRunner:
         """The cell from the store if a matching one is there, else computed and saved; recorded as done either way."""
         key, seed = self._keys(subject, **parts)
         cell = self.store.load(key)
-        computed = cell is None
-        if computed:
-            if not self.computing:
-                raise MissingCell(key)
-            if self.bar is not None:
-                self.bar.set_postfix_str(f"{subject.id} {spec.name if spec else kind}", refresh=True)
-            seed_all(seed)  # per cell: order, resume and where it runs do not matter
-            started = time.perf_counter()
-            cell = compute()
-            seconds = round(time.perf_counter() - started, 3)
-            for values in cell.values:
-                values.update(n=cell.flags.shape[1], seconds=seconds)
-            self.store.save(key, cell)
-        done = Done(spec, kind, key, cell)
-        if self.record(subject, done) and self.bar is not None:
-            self.bar.update()
-        if computed and self.on_computed is not None:
-            self.on_computed(subject, done)
+        if cell is not None:
+            self._record(subject, Done(spec, kind, key, cell))
+            return cell
+        if not self.computing:
+            raise MissingCell(key)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{subject.id} {spec.name if spec else kind}", refresh=True)
+        seed_all(seed)  # per cell: order, resume and where it runs do not matter
+        started = time.perf_counter()
+        cell = compute()
+        seconds = round(time.perf_counter() - started, 3)
+        for values in cell.values:
+            values.update(n=cell.flags.shape[1], seconds=seconds)
+        self.accept(subject, Done(spec, kind, key, cell))
         return cell
 
-    def record(self, subject: Subject, done: Done) -> bool:
-        """Adds a finished cell once, keeping plan order (chains may finish in any order); False if known."""
+    def accept(self, subject: Subject, done: Done) -> None:
+        """A newly computed cell, here or in a Ray task: saved, recorded, and heard of by `on_computed`."""
+        self.store.save(done.key, done.cell)
+        self._record(subject, done)
+        if self.on_computed is not None:
+            self.on_computed(subject, done)
+
+    def _record(self, subject: Subject, done: Done) -> None:
+        """Adds a finished cell once, keeping plan order (chains may finish in any order)."""
         finished = self.done.setdefault(subject.id, [])
         if any(d.key == done.key for d in finished):
-            return False
+            return
         finished.append(done)
-        position = {spec.name: i for i, spec in enumerate(self.suite.attacks)}
-        finished.sort(key=lambda d: (position[d.spec.name] if d.spec else -1, d.kind == "probe"))  # stable
-        return True
+        finished.sort(key=lambda d: (self.position[d.spec.name] if d.spec else -1, d.kind == "probe"))  # stable
+        if self.bar is not None:
+            self.bar.update()
 
     def _bounded(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]

@@ -24,15 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustcnn.attacks import Target
-from robustcnn.attacks.art import art_classifier
 from robustcnn.console import say
-from robustcnn.devices import fast_layout, resolve_device
+from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError, last_line
 from robustcnn.sweep.chains import Chain, ChainRunner, Done
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import Cell, MemoryStore
-from robustcnn.sweep.subjects import Subject, default_batch_size
+from robustcnn.sweep.subjects import Subject, attack_target, default_batch_size, for_attacks
 from robustcnn.sweep.suite import Suite
 
 RAY_EXTRA = "pip install 'robustcnn[ray]'"
@@ -161,11 +159,7 @@ class _Tasks:
         if name == TASK_INFO:
             self.where.append({"model": chain.subject.id, "attacks": list(chain.names), **cell})
             return
-        self.sweep.store.save(key, cell)
-        done = Done(self.specs.get(name), kind, key, cell)
-        if self.sweep.record(chain.subject, done) and self.sweep.bar is not None:
-            self.sweep.bar.update()
-        self.sweep._progress()
+        self.sweep.accept(chain.subject, Done(self.specs.get(name), kind, key, cell))
 
     def _retry(self, chain: Chain, error: Exception) -> None:
         what = f"{', '.join(chain.names)} on {chain.subject.id}"
@@ -251,7 +245,5 @@ def _same_versions(mine: dict[str, str], drivers: dict[str, str]) -> None:
 
 
 def _on_device(subject: Subject, device: torch.device, batch_size: int) -> Subject:
-    module = fast_layout(subject.model.to(device).eval(), device).requires_grad_(False)
-    classifier = art_classifier(module, subject.info.shape, subject.info.num_classes, device)
-    target = Target(classifier, module, device, batch_size, subject.info.num_classes)
-    return dataclasses.replace(subject, model=module, target=target)
+    module = for_attacks(subject.model, device)
+    return dataclasses.replace(subject, model=module, target=attack_target(module, subject.info, device, batch_size))

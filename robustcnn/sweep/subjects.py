@@ -171,13 +171,23 @@ def _subject(model: Model, name: str, config: SweepConfig, n_default, device, ba
     test = load_dataset(dataset, "test", config.data_dir, config.download)
     subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
     data = test.subset(subset)
-    module = fast_layout(module.to(device).eval(), device).requires_grad_(False)  # input gradients only
+    module = for_attacks(module, device)
     probe = data.images(slice(0, 64)).to(device)  # (<=64, C, H, W) in [0, 1]
     require_fit(module, probe, info, name)
     checks = _verify(card, module, probe, name)
-    classifier = art_classifier(module, info.shape, info.num_classes, device)
-    target = Target(classifier, module, device, batch_size, info.num_classes)
+    target = attack_target(module, info, device, batch_size)
     return Subject(name, card, module, info, data, subset, target, checks)
+
+
+def for_attacks(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module on `device`, in eval mode, in the fast layout, weights frozen (attacks take input gradients only)."""
+    return fast_layout(module.to(device).eval(), device).requires_grad_(False)
+
+
+def attack_target(module: nn.Module, info: DatasetInfo, device: torch.device, batch_size: int) -> Target:
+    """What attacks run against: ART's wrapper over the module placed by `for_attacks`."""
+    classifier = art_classifier(module, info.shape, info.num_classes, device)
+    return Target(classifier, module, device, batch_size, info.num_classes)
 
 
 def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Module, DatasetInfo]:

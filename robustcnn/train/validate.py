@@ -36,7 +36,7 @@ class Validator:
         self.own_is_pgd = _trains_on_validation_pgd(config)  # then PGD-10's accuracy is the own attack's too
         self.n = len(val)
         part = self.group.share(len(val))
-        self.x, self.y = val.images()[part], val.y[part]  # (n, C, H, W) in [0, 1], (n,): this process's share
+        self.x, self.y = val.images(part), val.y[part]  # (n, C, H, W) in [0, 1], (n,): this process's share
         classifier = art_classifier(model, val.info.shape, val.info.num_classes, device)
         norm, eps, batch = config.constraint.art, config.eps, max(config.batch_size, 256)
         self.fgsm = FastGradientMethod(classifier, norm=norm, eps=eps, eps_step=eps, batch_size=batch)
