@@ -11,7 +11,8 @@ import robustcnn
 from robustcnn.attacks import ATTACKS, Target
 from robustcnn.attacks.art import art_classifier
 from robustcnn.certify import backward
-from robustcnn.certify.bounds import Region, Relu, _intervals, _steps, bounds, certified, check_model, layers
+from robustcnn.certify.bounds import _intervals, _steps, bounds, certified
+from robustcnn.certify.layers import Region, Relu, check_model, layers
 from robustcnn.errors import UsageError
 from robustcnn.models.base import Normalized
 from robustcnn.threat import Norm

@@ -36,7 +36,7 @@ class _Propagated(CertifiedBound):
     box = "white"
 
     def check_model(self) -> None:
-        from robustcnn.certify.bounds import check_model
+        from robustcnn.certify.layers import check_model
 
         check_model(self.target.model)
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from robustcnn.certify.bounds import Affine, Box, Region, Relu, crown_slope
+from robustcnn.certify.layers import Affine, Box, Region, Relu, crown_slope
 
 ELEMENTS_PER_CHUNK = 1 << 23  # rows x layer size x images held at once: ~64 MB of float64 per tensor
 ALPHA_LR = 0.1  # Adam's step on the slopes, which live in [0, 1]
