@@ -17,6 +17,10 @@ from robustcnn.errors import UsageError
 from robustcnn.registry import Registry
 from robustcnn.threat import Norm, ThreatModel
 
+# Bounds on what a data file may claim, checked from its headers before any pixel is read.
+MAX_DATA_BYTES = 8 << 30  # one dataset in memory; ImageNet's 50000 validation images at 224x224 RGB uint8 are 7.0 GiB
+MAX_CLASSES = 100_000  # ImageNet-21k has 21841; a larger label is a corrupt file (K classes: K names, K outputs)
+
 
 class Split(str, Enum):
     TRAIN = "train"
@@ -163,6 +167,19 @@ def default_data_dir() -> Path:
     """$ROBUSTCNN_DATA_DIR, else a per-user cache so every checkout shares one download."""
     env = os.environ.get("ROBUSTCNN_DATA_DIR")
     return Path(env) if env else Path.home() / ".cache" / "robustcnn" / "data"
+
+
+def check_data_bytes(what: str, nbytes: int) -> None:
+    """Refuses data that would take more than MAX_DATA_BYTES in memory, before it is read; `what` names it."""
+    if nbytes > MAX_DATA_BYTES:
+        raise UsageError(
+            f"{what} would take {_gib(nbytes)} in memory; a dataset may take at most {_gib(MAX_DATA_BYTES)} "
+            "(use fewer or smaller images)"
+        )
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.1f} GiB"
 
 
 def stratified_split(

@@ -11,11 +11,15 @@ Example::
     np.savez("mine.npz", x_test=x, y_test=y, class_names=np.array(["cat", "dog"]))  # x: (N, 32, 32, 3) uint8
     load_dataset("npz:mine.npz")  # or "npz:mine.npz#nhwc" to force the layout
 
-The file is read with `allow_pickle=False`: an object array could run code when unpickled.
+The file is read with `allow_pickle=False`: an object array could run code when unpickled. Before any data is
+read, each array's .npy header (shape, dtype) is checked: together the arrays may take at most MAX_DATA_BYTES in
+memory, and every array must hold the bytes its header claims. Labels must be below MAX_CLASSES, and so must
+the number of class_names: a label of 2**62 would otherwise ask for 2**62 class names.
 """
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from robustcnn.console import say
-from robustcnn.data.base import DATASETS, DataOptions, DatasetInfo, Source, Split
+from robustcnn.data.base import DATASETS, MAX_CLASSES, DataOptions, DatasetInfo, Source, Split, check_data_bytes
 from robustcnn.errors import UsageError
 from robustcnn.threat import Norm, ThreatModel
 
@@ -35,6 +39,7 @@ REQUIRED_KEYS = ("x_test", "y_test")
 OPTIONAL_KEYS = ("x_train", "y_train", "class_names")
 ALLOWED_KEYS = "required: x_test, y_test; optional: x_train with y_train, class_names"
 PIXELS_ALLOWED = "images must be uint8 0..255 or float (float16/32/64) 0..1"
+HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,19 @@ class NpzData:
     class_names: tuple[str, ...]  # given, or "0".."K-1"
     mean: tuple[float, ...]  # per channel, [0, 1] units, of x_train if present, else of x_test
     std: tuple[float, ...]  # per channel, [0, 1] units, >= 1e-3
+
+
+@dataclass(frozen=True)
+class Header:
+    """What one array's .npy header claims, read without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stored: int  # bytes of data the zip member holds after the header
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: a huge shape cannot overflow
 
 
 @DATASETS.register("npz")
@@ -147,8 +165,23 @@ def _open(path: Path) -> dict[str, np.ndarray]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UsageError(f"{path} holds a single .npy array; save x_test, y_test, ... together with np.savez")
     with archive:
-        _check_keys(path, archive.files)
-        return {key: _array(path, archive, key) for key in archive.files}
+        members = _members(path, archive.zip)
+        _check_keys(path, list(members))
+        headers = {key: _header(path, key, archive.zip, member) for key, member in members.items()}
+        _check_sizes(path, headers)
+        return {key: _array(path, key, archive.zip, member) for key, member in members.items()}
+
+
+def _members(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The zip member of each key (np.savez writes KEY.npy). A key stored twice is refused: which copy a reader
+    takes is up to the reader, so the checked copy might not be the one read."""
+    members = {}
+    for member in archive.infolist():
+        key = member.filename.removesuffix(".npy")
+        if key in members:
+            raise UsageError(f"{path} holds {key} twice; save each array once (as np.savez does)")
+        members[key] = member
+    return members
 
 
 def _check_keys(path: Path, keys: list[str]) -> None:
@@ -167,18 +200,64 @@ def _check_keys(path: Path, keys: list[str]) -> None:
         )
 
 
-def _array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+# What a damaged or foreign zip member raises: RuntimeError for an encrypted one, NotImplementedError for an
+# unknown compression method, ValueError for a bad .npy header or missing data.
+_UNREADABLE = (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile)
+
+
+def _header(path: Path, key: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Header:
+    """The shape and dtype the member's .npy header claims, read without the data (numpy.lib.format)."""
     try:
-        return archive[key]
-    except ValueError as error:
-        if "allow_pickle" in str(error):
+        with archive.open(member) as file:
+            version = np.lib.format.read_magic(file)
+            if version not in HEADER_READERS:
+                raise UsageError(
+                    f"{path}: {key} is a .npy file of format version {version[0]}.{version[1]}; versions 1.0 and 2.0 "
+                    "are read (np.savez of a numeric array writes 1.0)"
+                )
+            shape, _, dtype = HEADER_READERS[version](file)
+            stored = member.file_size - file.tell()
+    except UsageError:
+        raise
+    except _UNREADABLE as error:
+        raise UsageError(f"{path}: {key} is not a readable .npy array ({_first_line(error)})") from None
+    if dtype.hasobject:
+        raise UsageError(
+            f"{path}: {key} is an object array (pickled Python objects), not read because unpickling can run "
+            "code; save it as a numeric array (strings for class_names)"
+        )
+    if any(size < 0 for size in shape):
+        raise UsageError(f"{path}: {key} claims shape {shape}; sizes must be >= 0")
+    return Header(tuple(shape), dtype, stored)
+
+
+def _check_sizes(path: Path, headers: dict[str, Header]) -> None:
+    """Every array fits the memory cap together and holds the bytes its header claims, before any is read."""
+    largest = max(headers, key=lambda key: headers[key].nbytes)
+    biggest = headers[largest]
+    check_data_bytes(
+        f"{path}: its arrays (the largest {largest} {biggest.shape} {biggest.dtype})",
+        sum(header.nbytes for header in headers.values()),
+    )
+    for key, header in headers.items():
+        if header.stored < header.nbytes:
             raise UsageError(
-                f"{path}: {key} is an object array (pickled Python objects), not read because unpickling can run "
-                "code; save it as a numeric array (strings for class_names)"
-            ) from None
-        raise UsageError(f"{path}: cannot read {key}: {error}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise UsageError(f"{path}: cannot read {key}: {error}") from None
+                f"{path}: {key} claims shape {header.shape} {header.dtype} ({header.nbytes} bytes) but holds "
+                f"{header.stored} bytes of data; the file is truncated or corrupt"
+            )
+
+
+def _array(path: Path, key: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> np.ndarray:
+    try:
+        with archive.open(member) as file:
+            return np.lib.format.read_array(file, allow_pickle=False)  # never unpickle: the file could run code
+    except _UNREADABLE as error:
+        raise UsageError(f"{path}: cannot read {key}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """numpy puts what went wrong on the first line of its messages, advice on the lines after."""
+    return str(error).strip().split("\n")[0] or type(error).__name__
 
 
 def _layout(path: Path, key: str, shape: tuple[int, ...], forced: str | None) -> str | None:
@@ -252,10 +331,20 @@ def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
         _check_whole(path, key, y)
     elif y.dtype.kind not in "iu":
         raise UsageError(f"{path}: {key} has dtype {y.dtype}; labels must be integers (class indices)")
-    y = y.astype(np.int64)
+    _check_label_range(path, key, y)
+    return y.astype(np.int64)
+
+
+def _check_label_range(path: Path, key: str, y: np.ndarray) -> None:
+    """0 <= label < MAX_CLASSES, compared in the file's dtype: the cast to int64 would wrap 2**64 - 1 to -1."""
     if (y < 0).any():
         raise UsageError(f"{path}: {key} has label {y[y < 0][0]}; labels must be class indices >= 0")
-    return y
+    too_large = y >= MAX_CLASSES
+    if too_large.any():
+        raise UsageError(
+            f"{path}: {key} has label {y[too_large][0]}; labels must be class indices below {MAX_CLASSES} "
+            f"(at most {MAX_CLASSES} classes)"
+        )
 
 
 def _check_whole(path: Path, key: str, y: np.ndarray) -> None:
@@ -274,6 +363,8 @@ def _class_names(path: Path, names: np.ndarray | None, labels: dict[str, np.ndar
             f"{path}: class_names has dtype {names.dtype} and shape {names.shape}; it must be a 1-D array of "
             "strings, e.g. np.array(['cat', 'dog'])"
         )
+    elif len(names) > MAX_CLASSES:
+        raise UsageError(f"{path}: class_names has {len(names)} entries; at most {MAX_CLASSES} classes are allowed")
     else:
         result = tuple(n.decode(errors="replace") if isinstance(n, bytes) else n for n in names.tolist())
     if len(result) < 2:

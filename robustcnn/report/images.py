@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,14 +93,16 @@ def patch_uri(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.format == "PNG" and max(image.size) <= MAX_PATCH_SIDE:
-                return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-            image.thumbnail((MAX_PATCH_SIDE, MAX_PATCH_SIDE))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a huge patch is skipped, not warned about
+            with Image.open(path, formats=["PNG"]) as image:  # the sweep writes PNG: no other format's decoder runs
+                image.load()
+                if max(image.size) <= MAX_PATCH_SIDE:
+                    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+                image.thumbnail((MAX_PATCH_SIDE, MAX_PATCH_SIDE))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
