@@ -24,6 +24,7 @@ from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.fileio import atomic_path, read_json, sha256_file
 from robustcnn.models import ModelConfig, Normalized, create_model
+from robustcnn.models.external.weights import check_tensor_kinds
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
@@ -84,6 +85,7 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
             f"checkpoint {source} does not match the model: {k} has shape {found[k]}, expected {expected[k]}; "
             "was it saved for another dataset (channels, image size, classes)?"
         )
+    check_tensor_kinds(tensors, model.state_dict(), source)
     broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if broken is not None:
         raise UsageError(

@@ -1,30 +1,20 @@
-"""`model.pt2`: a `torch.export.save` archive, loaded without unpickling anything.
+"""`model.pt2`: a `torch.export.save` archive, loaded without unpickling, evaluating or executing anything in it.
 
-The archive keeps the graph as JSON and the weights as raw bytes, but `torch.export.load` falls back to
-`torch.load(weights_only=False)` and `pickle.loads` for some entries (tensors stored as pickles, custom
-objects). `_no_unpickling` refuses exactly those while it runs. The graph's train/eval behaviour is fixed
-when it is exported, so an archive exported in train mode (dropout or BatchNorm batch statistics) is refused.
+`pt2_check.checked_archive` reads the archive first and refuses what torch would unpickle, `eval` or load as
+native code; torch then reads the checked copy in memory, so nothing is patched while it runs. The graph's
+train/eval behaviour is fixed when it is exported, so an archive exported in train mode (dropout or BatchNorm
+batch statistics) is refused.
 """
 
 from __future__ import annotations
 
-import logging
-import types
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from robustcnn.errors import UsageError, last_line
-from robustcnn.fileio import sha256_file
 from robustcnn.models.external import LOADERS, Built, Loader
 from robustcnn.models.external.batching import FixedBatch, fixed_batch_note
 from robustcnn.models.external.model import Model
-
-
-class _Refused(Exception):
-    pass
+from robustcnn.models.external.pt2_check import MODEL, CheckedArchive, checked_archive
 
 
 @LOADERS.register("pt2")
@@ -41,68 +31,30 @@ class Exported(Loader):
             raise UsageError(f"model file {str(path)!r} does not exist")
         if model.model_args:
             raise UsageError(f"{path} is a torch.export archive: it takes no --model-arg")
-        program = _load(path)
+        archive = checked_archive(path)
+        program, net = _load(path, archive)
         _refuse_train_mode(program, path)
-        net = program.module()
         # ExportedProgram.module() makes .train()/.eval() raise; the graph ignores the flag anyway (fixed at export).
         for name in ("train", "eval"):
             net.__dict__.pop(name, None)
         size = _static_batch(program)
         if size is None:
-            return Built(net, f"torch.export:{path.name}", sha256_file(path))
+            return Built(net, f"torch.export:{path.name}", archive.sha256)
         return Built(
-            FixedBatch(net, size), f"torch.export:{path.name}", sha256_file(path), (fixed_batch_note(str(path), size),)
+            FixedBatch(net, size), f"torch.export:{path.name}", archive.sha256, (fixed_batch_note(str(path), size),)
         )
 
 
-def _load(path: Path):
+def _load(path: Path, archive: CheckedArchive):
+    """The program and its module. load_pt2 is what torch.export.load calls; the wrapper adds only a logged
+    traceback and a fallback to an older archive format, which checked_archive refuses."""
+    from torch.export.pt2_archive._package import load_pt2
+
     try:
-        with _no_unpickling(), _quiet():
-            return torch.export.load(str(path))
-    except _Refused:
-        raise UsageError(f"{path} holds pickled objects; refused (loading them could run code)") from None
-    except Exception as error:
-        if "weights_only" in str(error) or "Weights only load failed" in str(error):
-            raise UsageError(f"{path} holds pickled tensors that torch.load(weights_only=True) refuses") from None
+        program = load_pt2(archive.data).exported_programs[MODEL]
+        return program, program.module()
+    except Exception as error:  # SerializeError, RuntimeError, KeyError ...: the archive does not deserialize
         raise UsageError(f"cannot load {path} as a torch.export archive: {last_line(error)}") from None
-
-
-@contextmanager
-def _no_unpickling():
-    """While torch.export.load runs: torch.load only with weights_only=True, pickle.loads refused."""
-    import torch.export.pt2_archive._package as package
-
-    def refuse(*args, **kwargs):
-        raise _Refused
-
-    def tensors_only(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return original_load(*args, **kwargs)
-
-    original_load, original_pickle, original_object = torch.load, package.pickle, torch._C._pickle_load_obj
-    torch.load, torch._C._pickle_load_obj = tensors_only, refuse
-    package.pickle = types.SimpleNamespace(**{**vars(original_pickle), "loads": refuse, "load": refuse})
-    try:
-        yield
-    finally:
-        torch.load, package.pickle, torch._C._pickle_load_obj = original_load, original_pickle, original_object
-
-
-@contextmanager
-def _quiet():
-    """torch.export.load logs a traceback (and warnings) before it raises or falls back to an old format;
-    the user gets one line from us instead."""
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _refuse_train_mode(program, path: Path) -> None:

@@ -3,7 +3,8 @@
 onnx2torch was picked by trying it on our torch: a `torch.onnx`-exported CNN (conv, BN, pooling, dropout,
 linear) converts with logits within 5e-6 of onnxruntime's. A conversion can still be wrong for an
 operator it handles differently, so where onnxruntime is installed `check_against_onnxruntime` compares the
-two on real images before any attack, and a model that disagrees is refused.
+two on real images before any attack, and a model that disagrees is refused. Whatever onnx, onnx2torch or
+onnxruntime cannot read (a newer `ir_version`, a damaged file) is one UsageError line naming the file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ class Onnx(Loader):
             raise missing_extra(str(path), "onnx", error) from None
         try:
             graph = onnx.load(str(path))
+            _check_ir_version(graph, path, onnx.IR_VERSION)
             net = convert(graph)
+        except UsageError:
+            raise
         except Exception as error:  # onnx2torch raises NotImplementedError, KeyError, ... for what it cannot convert
             hint = (
                 "; onnx2torch knows most operators up to opset 17: from PyTorch, export with "
@@ -57,6 +61,14 @@ class Onnx(Loader):
             return Built(net, f"onnx:{path.name}", sha256_file(path))
         return Built(
             FixedBatch(net, size), f"onnx:{path.name}", sha256_file(path), (fixed_batch_note(str(path), size),)
+        )
+
+
+def _check_ir_version(graph, path: Path, known: int) -> None:
+    if not 0 < graph.ir_version <= known:
+        raise UsageError(
+            f"{path} has ONNX ir_version {graph.ir_version}; this onnx reads 1..{known}: export it with the "
+            "installed torch.onnx, or upgrade onnx and onnxruntime"
         )
 
 
@@ -76,11 +88,14 @@ def check_against_onnxruntime(path: Path, net: torch.nn.Module, x: torch.Tensor)
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
     size = net.size if isinstance(net, FixedBatch) else None
     batch = x[:size] if size else x
-    expected = session.run(None, {name: batch.detach().cpu().numpy().astype(np.float32)})[0]
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        expected = session.run(None, {name: batch.detach().cpu().numpy().astype(np.float32)})[0]
+    except Exception as error:  # onnxruntime's Fail, InvalidGraph, InvalidArgument ... are not OSError/ValueError
+        raise UsageError(f"onnxruntime cannot run {path}: {last_line(error)}") from None
     with torch.no_grad():
         got = net(batch)
     got = (got[0] if isinstance(got, (tuple, list)) else got).detach().cpu().float().numpy()

@@ -2,12 +2,15 @@
 
 `torch.load(weights_only=True)` only rebuilds tensors and plain containers; a file that needs more (a
 whole pickled model, custom classes) is refused with the reason, never opened with `weights_only=False`.
+A file that would expand past `MAX_TENSOR_BYTES` is refused before it is read, and `check_tensor_kinds`
+refuses tensors a model cannot take as weights (sparse, meta, complex, a bool or integer for a float).
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +21,10 @@ from robustcnn.errors import UsageError, last_line
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")  # training scripts' habits
 PREFIXES = ("module.", "_orig_mod.")  # left by DataParallel / DistributedDataParallel, and by torch.compile
+# 4 GiB: 1e9 float32 weights, above the largest image classifiers worth attacking (ViT-H/14 is 2.5 GiB); a small
+# file that declares more (a zip bomb, a storage size that lies) is refused before torch reads it.
+MAX_TENSOR_BYTES = 4 * 2**30
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # e.g. num_batches_tracked
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -25,8 +32,29 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"weights file {str(path)!r} does not exist")
+    _check_size(path)
     loaded = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     return strip_prefixes(unwrap(loaded, path))
+
+
+def _check_size(path: Path) -> None:
+    """Refuses a file that expands past MAX_TENSOR_BYTES. For torch.save's zip format that is the entries' declared
+    sizes (torch.load checks each storage against its entry's size, so these bound what it allocates); for
+    safetensors and the old torch format, the file's own size."""
+    try:
+        size = path.stat().st_size
+        if path.suffix != ".safetensors" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                size = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        pass  # not a zip after all: torch.load says what it is
+    except OSError as error:
+        raise UsageError(f"weights file {path} cannot be read ({error.strerror or last_line(error)})") from None
+    if size > MAX_TENSOR_BYTES:
+        raise UsageError(
+            f"weights file {path} expands to {size} bytes, more than the {MAX_TENSOR_BYTES} allowed; refused before "
+            "reading it"
+        )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -65,6 +93,33 @@ def unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
         f"weights file {path} holds a {type(loaded).__name__}{keys}, not a state dict of tensors; "
         f"expected model.state_dict(), possibly under one of: {', '.join(WRAPPER_KEYS)}"
     )
+
+
+def check_tensor_kinds(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str | Path
+) -> None:
+    """Each tensor is dense (strided), has data (not on the meta device), and is a real number of the kind the
+    model's own tensor of that name is (floating, integer or bool): load_state_dict would crash on a sparse or meta
+    tensor and silently cast a complex or bool one."""
+    for name, tensor in tensors.items():
+        own = expected.get(name)
+        kind, wanted = _kind(tensor.dtype), _kind(own.dtype) if own is not None else None
+        if tensor.layout == torch.strided and not tensor.is_meta and kind is not None and kind == wanted:
+            continue
+        found = f"{tensor.dtype} with layout {tensor.layout}{' on the meta device' if tensor.is_meta else ''}"
+        allowed = f"a {wanted} dtype, as the model's ({own.dtype})" if wanted else "a real floating or integer dtype"
+        raise UsageError(
+            f"checkpoint {source} holds {name} as {found}; allowed: a dense (strided) tensor with data, of {allowed}"
+        )
+
+
+def _kind(dtype: torch.dtype) -> str | None:
+    """floating / integer / bool; None for complex, quantized and other dtypes no weight should have."""
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype in INTEGER_DTYPES:
+        return "integer"
+    return "bool" if dtype == torch.bool else None
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
