@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from robustcnn.data import DatasetInfo
 from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.fileio import atomic_path, read_json, sha256_file
 from robustcnn.models import ModelConfig, Normalized, create_model
-from robustcnn.models.external.weights import check_tensor_kinds
+from robustcnn.models.external.weights import load_weights_into
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
@@ -61,38 +60,6 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"checkpoint {path} is not a readable safetensors file ({_first_line(error)}); "
             "it may be truncated or corrupt: retrain, or restore it from a copy"
         ) from None
-
-
-def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Strict load with an error that says which architecture or dataset the file does not match."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected.keys() != found.keys():
-        missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-        problems = [
-            f"{len(names)} {what} (e.g. {names[0]!r})"
-            for what, names in (("missing", missing), ("unexpected", extra))
-            if names
-        ]
-        raise UsageError(
-            f"checkpoint {source} does not match the model: weights {' and '.join(problems)}; "
-            "was it saved for another architecture?"
-        )
-    wrong = [k for k in expected if expected[k] != found[k]]
-    if wrong:
-        k = wrong[0]
-        raise UsageError(
-            f"checkpoint {source} does not match the model: {k} has shape {found[k]}, expected {expected[k]}; "
-            "was it saved for another dataset (channels, image size, classes)?"
-        )
-    check_tensor_kinds(tensors, model.state_dict(), source)
-    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if broken is not None:
-        raise UsageError(
-            f"checkpoint {source} holds NaN or infinite weights (in {broken}); training diverged before it was "
-            "saved: use the other weights (--weights best or last) or retrain with a lower --lr"
-        )
-    model.load_state_dict(tensors, strict=True)
 
 
 def _first_line(error: Exception) -> str:

@@ -14,7 +14,8 @@ from torch import nn
 
 from robustcnn.errors import UsageError
 from robustcnn.fileio import write_json, write_text
-from robustcnn.runs import METRICS_FILE, RUN_FILE, STATE_FILE, WEIGHTS, load_tensors, load_weights_into, save_tensors
+from robustcnn.models.external.weights import load_weights_into
+from robustcnn.runs import METRICS_FILE, RUN_FILE, STATE_FILE, WEIGHTS, load_tensors, save_tensors
 
 _OPTIM = "optim."
 _MODEL = "model."

@@ -15,7 +15,7 @@ from torch import nn
 
 from robustcnn.errors import UsageError
 from robustcnn.models.external.model import RUN_WEIGHTS, Model, parse_spec
-from robustcnn.models.external.weights import read_state_dict, state_sha256
+from robustcnn.models.external.weights import load_weights_into, read_state_dict, state_sha256
 from robustcnn.models.preprocess import Preprocessed, resolve_preprocessing
 from robustcnn.registry import Registry
 
@@ -127,8 +127,6 @@ def _build(model: Model, num_classes: int, download: bool) -> tuple[str, Built]:
 
 
 def _load_weights(net: nn.Module, model: Model, kind: str) -> None:
-    from robustcnn.runs import load_weights_into
-
     if model.weights in RUN_WEIGHTS:
         raise UsageError(
             f"--weights {model.weights} chooses a run directory's checkpoint; for {model.spec!r} give a weights file"
