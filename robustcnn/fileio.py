@@ -24,6 +24,8 @@ def _default_mode() -> int:
 
 
 _FILE_MODE = _default_mode()  # what open() would give; mkstemp's 0600 would hide results from co-workers
+# Every temp file robustcnn writes ends so: cleanup deletes only these, never a user's own *.tmp beside ours.
+TEMP_SUFFIX = ".robustcnn-tmp"
 _LIBRARIES = ("robustcnn", "torch", "torchvision", "adversarial-robustness-toolbox", "numpy", "safetensors")
 
 
@@ -36,7 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
         raise _write_error(path, error) from None
     os.close(fd)
@@ -51,17 +53,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def is_temp(path: str | os.PathLike) -> bool:
+    """Whether `path` is named like a temp file of `atomic_path` (.NAME.RANDOM.robustcnn-tmp)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
 def remove_stale_temps(folder: str | os.PathLike, older_than: float = 600.0) -> None:
     """Deletes `atomic_path` temp files a killed process left behind (never read, but they take space).
 
-    Only files older than `older_than` seconds go, so a writer still at work beside us is not disturbed.
+    Only regular files named by `atomic_path` (`is_temp`) and older than `older_than` seconds go: another
+    program's *.tmp is never touched, and a writer still at work beside us is not disturbed.
     """
+    import stat
     import time
 
     now = time.time()
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
-            if now - tmp.stat().st_mtime > older_than:
+            info = tmp.lstat()  # a symlink is not ours: left alone, never followed
+            if is_temp(tmp) and stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
                 tmp.unlink()
 
 

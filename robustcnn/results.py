@@ -10,7 +10,7 @@ A sweep output directory holds:
     gallery/<model>.npz    a few examples for the report: x, x_adv (k, C, H, W) float32 in [0, 1], y, pred,
                            pred_adv (k,) int64, and 0-d arrays attack (str) and eps (float)
     patches/<model>__<attack>.png    the optimised adversarial patch, when the suite has one
-                       (ids in file names pass through `file_stem`)
+                       (ids in file names pass through `file_stem`: `gallery_file`, `patch_file`)
     report.html, summary.md, checks.json    written by the report
 
 Row kinds: "clean" (no attack; eps 0), "attack" (one attack at one eps or patch scale), "worst-case"
@@ -23,11 +23,17 @@ correct over the whole eps ball, a lower bound on robust accuracy; never part of
 "smoothed" (randomized smoothing at one L2 radius, in the eps column: the images the *smoothed* classifier,
 not the model, classifies correctly with a certified radius at least that large; never compared with attacks).
 In a cascade suite each attack's rows count what it and every earlier attack of its norm left correct.
+
+Text cells of results.csv that a spreadsheet would run as a formula (starting with = + - @, a tab or a
+carriage return: OWASP's list) are written with a leading ' (`csv_text`); `csv_value` reads them back.
+Numbers are never touched, so -0.5 stays a number.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +120,57 @@ def chance_level(num_classes: int) -> tuple[float, float]:
     return chance, chance + CHANCE_MARGIN * (1 - chance)
 
 
-def file_stem(name: str) -> str:
-    """How a model or attack id becomes a file name in gallery/ and patches/ (ids may hold '/', spaces, '<').
+_PLAIN_STEM = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # an id kept as its own file name
+_HASH_END = re.compile(r"-[0-9a-f]{8}$")  # what `file_stem` appends to any other id
 
-    The sweep writes and the report reads with this one rule; it keeps only letters, digits and "-_.", so
-    no id can name a path outside the sweep directory.
+
+def file_stem(name: str) -> str:
+    """How a model or attack id becomes part of a file name in gallery/ and patches/ (ids may hold '/', spaces, '<').
+
+    An id that is already a plain file name (lowercase ASCII letters, digits and "._-", starting with a letter
+    or digit, no "__", at most 64 characters) is kept. Any other id keeps its safe characters and gets 8 hex
+    digits of its hash: 'a/b' -> 'a_b-<hash>' while 'a_b' stays 'a_b', and 'Std' never meets 'std' on a disk
+    that ignores case. So two ids never share a file, and no id can name a path outside the sweep directory.
     """
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if _PLAIN_STEM.fullmatch(name) and "__" not in name and not _HASH_END.search(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    safe = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9._-]+", "_", name)).strip("._-")[:48].rstrip("._-")
+    return f"{safe}-{digest}" if safe else f"id-{digest}"
+
+
+def gallery_file(model: str) -> str:
+    """The gallery of a model, relative to the sweep directory (the sweep writes it, the report reads it)."""
+    return f"gallery/{file_stem(model)}.npz"
+
+
+def patch_file(model: str, attack: str) -> str:
+    """The optimised patch of a model's patch attack, relative to the sweep directory. Neither stem holds "__"
+    nor does an attack's start with "_", so the pair is read back from the name in one way only."""
+    return f"patches/{file_stem(model)}__{file_stem(attack)}.png"
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell (OWASP CSV injection)
+
+
+def csv_text(value: str) -> str:
+    """A text cell as results.csv holds it: one a spreadsheet would run gets a leading ' (shown as text). A value
+    already starting with ' before such a character gets one more, so `csv_value` gives back exactly `value`."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_START) else value
+
+
+def csv_value(text: str) -> str:
+    """The value of a text cell `csv_text` wrote."""
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_START) else text
+
+
+def results_csv(frame) -> str:
+    """results.csv's text for a results DataFrame: text cells through `csv_text`, number columns as they are."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype.kind not in "biuf":
+            frame[column] = frame[column].map(lambda v: csv_text(v) if isinstance(v, str) else v)
+    return frame.to_csv(index=False)
 
 
 def results_path(out: str | Path) -> Path:

@@ -90,7 +90,7 @@ class Env:
         out = self.tmp / "sweep-out"
         (out / "cells").mkdir(parents=True)
         (out / "results.csv").write_text("earlier results\n")
-        (out / "manifest.json").write_text('{"earlier": true}\n')
+        (out / "manifest.json").write_text('{"format": "robustcnn-sweep/1", "earlier": true}\n')  # a sweep's
         (out / "cells" / "0123456789abcdef01234567.npz").write_bytes(b"an earlier cell")
         return self.watch(out)
 

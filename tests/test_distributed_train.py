@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,14 +31,19 @@ PGD = ["--adv", "--eps-warmup", "0", "--attack-steps", "3", "--attack-lr", "0.2"
 
 
 def torchrun(*args: str, entry: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """Runs `torchrun -m robustcnn.train ARGS` (or tests/ddp_entry.py ENTRY ARGS); returns it and its seconds."""
+    """Runs `torchrun -m robustcnn.train ARGS` (or tests/ddp_entry.py ENTRY ARGS); returns it and its seconds.
+
+    Each run gets an empty HOME, as on a new node: both ranks then import ART for the first time there at once
+    (they raced on creating ~/.art/config.json; robustcnn/art_setup.py)."""
     target = [str(ROOT / "tests" / "ddp_entry.py"), entry] if entry else ["-m", "robustcnn.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    done = subprocess.run(
-        [*TORCHRUN, *target, *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="home-") as home:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": home}
+        done = subprocess.run(
+            [*TORCHRUN, *target, *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert "NameError: name '_config'" not in done.stderr, done.stderr[-3000:]  # ART's first-import race
     return done, time.perf_counter() - started
 
 

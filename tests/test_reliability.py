@@ -358,7 +358,8 @@ def test_sigterm_stops_training_like_ctrl_c(tmp_path):
 def test_stale_temp_files_of_killed_writers_are_removed_but_fresh_ones_kept(tmp_path):
     from robustcnn.fileio import remove_stale_temps
 
-    old, fresh, data = tmp_path / ".best.safetensors.abc.tmp", tmp_path / ".run.json.def.tmp", tmp_path / "run.json"
+    old, fresh = tmp_path / ".best.safetensors.abc.robustcnn-tmp", tmp_path / ".run.json.def.robustcnn-tmp"
+    data = tmp_path / "run.json"
     for path in (old, fresh, data):
         path.write_text("x")
     os.utime(old, (time.time() - 3600, time.time() - 3600))

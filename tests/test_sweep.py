@@ -343,19 +343,19 @@ def test_an_identical_copy_gets_its_own_rows_and_headline(tiny_runs, tmp_path, s
 
 def test_cache_keys_change_with_the_library_versions(tiny_runs, tmp_path, suite_file, monkeypatch):
     suite, runs = suite_file(), [tiny_runs[1].path]
-    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path), report=False)
-    before = set((tmp_path / "cells").glob("*.npz"))
+    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path / "out"), report=False)
+    before = set((tmp_path / "out" / "cells").glob("*.npz"))
     real = runner.library_versions
     monkeypatch.setattr(runner, "library_versions", lambda: {**real(), "adversarial-robustness-toolbox": "9.9"})
-    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path), report=False)
-    after = set((tmp_path / "cells").glob("*.npz"))
+    robustcnn.sweep(runs, suite=suite, n=40, out=str(tmp_path / "out"), report=False)
+    after = set((tmp_path / "out" / "cells").glob("*.npz"))
     assert before < after and len(after) == 2 * len(before)  # every cell computed again, none reused
 
 
 def test_recorded_parameters_are_what_ran(tiny_runs, tmp_path, suite_file):
     """Without a random start every restart begins at x, so ART runs one: the row says restarts 1."""
     suite = suite_file(PGD_SUITE + "restarts = 5\nrandom_start = false\n")
-    results = robustcnn.sweep([tiny_runs[1].path], suite=suite, n=20, out=str(tmp_path), report=False)
+    results = robustcnn.sweep([tiny_runs[1].path], suite=suite, n=20, out=str(tmp_path / "out"), report=False)
     params = json.loads(results[(results.attack == "pgd-linf") & (results.kind == "attack")].params.iloc[0])
     assert params["restarts"] == 1 and params["random_start"] is False
 
@@ -366,8 +366,8 @@ def test_the_sweep_decides_the_headline_eps_per_norm(tiny_runs, tmp_path, suite_
         'reference_eps = 0.2\n[[attack]]\nname = "fgsm"\ntype = "fgsm"\nnorm = "inf"\neps = [0.1, 0.2, 0.3]\n'
         '[[attack]]\nname = "pgd-l2"\ntype = "pgd"\nnorm = "2"\neps = [0.5, 1.9, 3.0]\nsteps = 3\n'
     )
-    robustcnn.sweep([tiny_runs[0].path], suite=suite, n=20, out=str(tmp_path), report=False, probe=0)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["models"][0]
+    robustcnn.sweep([tiny_runs[0].path], suite=suite, n=20, out=str(tmp_path / "out"), report=False, probe=0)
+    entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["models"][0]
     assert entry["reference_eps"] == {"inf": 0.2, "2": 2.0}
     assert entry["headline_eps"] == {"fgsm": 0.2, "pgd-l2": 1.9, "worst-case": 0.2, "worst-case-l2": 1.9}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, INT, option
 from robustcnn.errors import UsageError
@@ -28,6 +29,7 @@ class _Apgd(BoundedAttack):
     targeted = False
 
     def build(self, eps):
+        import_art()
         from art.attacks.evasion import AutoProjectedGradientDescent
 
         return AutoProjectedGradientDescent(

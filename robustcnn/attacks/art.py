@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustcnn.art_setup import import_art
+
 
 def art_classifier(
     model: nn.Module,
@@ -50,6 +52,7 @@ def classifier_class() -> type:
     these are fixed costs per step, 2-3% of a PGD step on 128 MNIST images, 10% on 8. tests/test_attacks.py
     compares the two.
     """
+    import_art()
     from art.estimators.classification import PyTorchClassifier
 
     class Classifier(PyTorchClassifier):
@@ -110,6 +113,7 @@ def lazy_success_rate() -> Iterator[None]:
     the block runs, and only if ART's logger would drop the line, `compute_success` there returns nan.
     It feeds nothing but that log line (restarts use `compute_success_array`, which is left alone).
     """
+    import_art()
     module = importlib.import_module(ART_PGD_MODULE)
     if module.logger.isEnabledFor(logging.INFO):
         yield
@@ -291,6 +295,7 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
 def pgd_class() -> type:
     """ART's `ProjectedGradientDescentPyTorch` with its projection (`projection`) and its step (`pgd_step`)
     done leaner where they apply: scalar eps, Linf or L2, no mask, no momentum, pixel bounds set."""
+    import_art()
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     class Pgd(ProjectedGradientDescentPyTorch):

@@ -6,12 +6,14 @@ attacks must beat (a sanity check).
 
 from __future__ import annotations
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 
 
 @ATTACKS.register("fgsm")
 class Fgsm(BoundedAttack):
     def build(self, eps):
+        import_art()
         from art.attacks.evasion import FastGradientMethod
 
         return FastGradientMethod(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, MinimalAttack
 from robustcnn.config import FLOAT, INT, non_negative_float, option
 from robustcnn.threat import Norm
@@ -33,6 +34,7 @@ class CarliniWagnerL2(MinimalAttack):
     Params = CwParams
 
     def build(self):
+        import_art()
         from art.attacks.evasion import CarliniL2Method
 
         p = self.params
@@ -65,6 +67,7 @@ class DeepFool(MinimalAttack):
     Params = DeepFoolParams
 
     def build(self):
+        import_art()
         from art.attacks.evasion import DeepFool as ArtDeepFool
 
         p = self.params

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, PatchAttack
 from robustcnn.config import COUNT, FLOAT, INT, option
 
@@ -37,6 +38,7 @@ class AdversarialPatch(PatchAttack):
     Params = PatchParams
 
     def _art(self, scales: tuple[float, ...]):
+        import_art()
         from art.attacks.evasion import AdversarialPatchPyTorch
 
         if getattr(self, "_attack", None) is None:

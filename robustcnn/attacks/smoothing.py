@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, Attack
 from robustcnn.config import FLOAT, INT, option
 from robustcnn.console import progress
@@ -63,6 +64,7 @@ class Smoothing(Attack):
         return np.concatenate(predictions or [empty]).astype(np.int64), np.concatenate(radii or [empty])
 
     def _smoothed(self, shape: tuple[int, ...]):
+        import_art()
         from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
         p = self.params

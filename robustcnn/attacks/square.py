@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import FLOAT, INT, option
 
@@ -25,6 +26,7 @@ class Square(BoundedAttack):
     Params = SquareParams
 
     def build(self, eps):
+        import_art()
         from art.attacks.evasion import SquareAttack
 
         p = self.params

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.errors import UsageError
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, HeadlineEps, wilson_interval
+from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, HeadlineEps, csv_value, wilson_interval
 from robustcnn.threat import parse_eps
 
 KINDS = ("clean", "attack", "worst-case", "probe", "certified", "smoothed")
@@ -55,10 +55,14 @@ def read_results(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path} does not exist; run `python -m robustcnn.sweep` with --out {path.parent} first")
     try:
         # strings stay strings: a model called "NA" or "null" must not turn into NaN
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"{path} is not a readable CSV table ({reason}); re-run the sweep to rewrite it") from None
+    for column in frame.columns:
+        if column not in NUMERIC:
+            frame[column] = frame[column].map(csv_value)  # "'=x" in the file stands for "=x" (results.csv_text)
+    return frame
 
 
 def normalize_results(frame: pd.DataFrame, source: str = RESULTS_FILE) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
 from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, swatch
 from robustcnn.report.tables import Headline, markdown_table
-from robustcnn.results import file_stem
+from robustcnn.results import gallery_file, patch_file
 
 CHECKS_FORMAT = "robustcnn-checks/1"
 PROVENANCE = ("status", "message", "seed", "n", "mode", "device", "batch_size", "git_sha", "started", "finished",
@@ -225,7 +225,7 @@ def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:
 
 
 def _patch_picture(data: SweepData, model: str, attack: str) -> str | None:
-    return images.patch_uri(data.out_dir / "patches" / f"{file_stem(model)}__{file_stem(attack)}.png")
+    return images.patch_uri(data.out_dir / patch_file(model, attack))
 
 
 def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
@@ -233,7 +233,7 @@ def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
     for model in data.model_ids:
         names = data.models[model].get("class_names")
         names = [str(n) for n in names] if isinstance(names, list) else []
-        found.append((model, images.load_gallery(data.out_dir / "gallery" / f"{file_stem(model)}.npz", names)))
+        found.append((model, images.load_gallery(data.out_dir / gallery_file(model), names)))
     return found
 
 

@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="auto|ADDRESS|local",
         help="run the attack chains as Ray tasks (needs robustcnn[ray]): auto joins the running cluster (the "
-        "default), ADDRESS one at host:port or ray://host:port, local starts one on this machine",
+        "default), ADDRESS one at host:port (not ray://), local starts one on this machine",
     )
     p.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip report.html")
     p.add_argument(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ import pandas as pd
 from robustcnn.console import say
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError
-from robustcnn.fileio import remove_stale_temps
-from robustcnn.results import REPORT_FILE
+from robustcnn.fileio import TEMP_SUFFIX, is_temp, remove_stale_temps
+from robustcnn.results import MANIFEST_FILE, REPORT_FILE
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.gate import check_gates_cover, failed_gates, parse_gate
 from robustcnn.sweep.runner import Sweep, plan_grids, worst_case_name
+from robustcnn.sweep.store import CELLS, LOCK_FILE, check_lock_file
 from robustcnn.sweep.subjects import load_subjects
 from robustcnn.sweep.suite import load_suite
 
@@ -25,18 +28,69 @@ class GateFailed(RunFailed):
     """A --fail-under gate was not met (exit code 1)."""
 
 
-def prepare_out(out: Path) -> Path:
+SWEEP_FORMAT = "robustcnn-sweep/"  # how the "format" of a sweep's manifest.json starts
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest with every model's training log is a few MB; a larger one is not ours
+OWN_FOLDERS = (CELLS, "gallery", "patches")  # what a sweep makes before its manifest: may be there, empty
+
+
+def check_out(out: Path) -> None:
+    """Read-only, before anything is written: --out must be new, empty, or a folder a sweep wrote (it then resumes).
+
+    Any other folder is refused: its results.csv, report.html and manifest.json would be replaced.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file, not a directory")
+    if not out.is_dir():
+        return
+    if not is_sweep_folder(out):
+        try:
+            other = _foreign_entry(out)
+        except OSError as error:
+            raise UsageError(f"cannot read --out {str(out)!r}: {error.strerror or error}") from None
+        if other is not None:
+            raise UsageError(
+                f"--out {str(out)!r} holds {other!r} and no sweep's {MANIFEST_FILE}: robustcnn writes only into "
+                "a new or empty folder, or one a sweep wrote (to resume it); pick another --out"
+            )
+    check_lock_file(out / CELLS / LOCK_FILE)
+
+
+def is_sweep_folder(out: Path) -> bool:
+    """Whether `out` holds the manifest.json of a sweep (a regular file, never a link followed)."""
+    path = out / MANIFEST_FILE
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            return False
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON (JSONDecodeError is a ValueError)
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(SWEEP_FORMAT)
+
+
+def _foreign_entry(out: Path) -> str | None:
+    """The first entry of `out` (a path inside it) that a sweep would not have made before its manifest, or None."""
+    for entry in out.iterdir():
+        if entry.name in OWN_FOLDERS and entry.is_dir() and not entry.is_symlink():
+            inner = next((e for e in entry.iterdir() if not (is_temp(e) or e.name == LOCK_FILE)), None)
+            if inner is not None:
+                return f"{entry.name}/{inner.name}"
+        elif not is_temp(entry):
+            return entry.name
+    return None
+
+
+def prepare_out(out: Path) -> Path:
+    """Creates --out (checked by `check_out`) and shows it is writable; removes temp files a killed sweep left."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test{TEMP_SUFFIX}"  # named as ours: a shard starting beside us takes it so
         probe.touch()
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to --out {str(out)!r}: {error.strerror or error}") from None
-    for folder in (out, out / "cells", out / "gallery", out / "patches"):
-        remove_stale_temps(folder)  # left by a sweep that was killed mid-write
+    for folder in (out, *(out / name for name in OWN_FOLDERS)):
+        remove_stale_temps(folder)  # left by a sweep that was killed mid-write; only files robustcnn named
     return out
 
 
@@ -69,6 +123,7 @@ def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> p
     subjects = load_subjects(list(models), config, suite.n, device)
     grids = plan_grids(subjects, suite)
     check_gates_cover(gates, _gate_targets(grids, suite))
+    check_out(Path(config.out))  # last of the checks: a bad model or suite is named first, whatever --out holds
     with _cluster(config):
         return _run(config, suite, subjects, grids, gates, device)
 

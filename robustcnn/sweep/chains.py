@@ -22,7 +22,7 @@ from robustcnn.errors import UsageError
 from robustcnn.results import EPS_TOLERANCE
 from robustcnn.sweep import cells
 from robustcnn.sweep.config import SweepConfig
-from robustcnn.sweep.store import Cell, cell_key
+from robustcnn.sweep.store import Cell, Expected, cell_key
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
 
@@ -118,7 +118,8 @@ class ChainRunner:
         """The clean cell, which every chain of the model needs (which examples are correct to begin with)."""
         x, y = subject.data.images().numpy(), subject.data.y.numpy()
         compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, x, y)[None], {})  # noqa: E731
-        correct = self._cell(subject, None, "clean", {"cell": "clean"}, compute).flags[0]
+        expected = Expected(len(x), "eps", (0.0,))
+        correct = self._cell(subject, None, "clean", {"cell": "clean"}, compute, expected).flags[0]
         self.inputs[subject.id] = (x, y, correct)
         return correct
 
@@ -154,10 +155,13 @@ class ChainRunner:
         key = cell_key({"model": subject.card.key, "versions": self.versions, **common})
         return key, self.config.seed * 1_000_003 + int(cell_key(common)[:8], 16)
 
-    def _cell(self, subject: Subject, spec: AttackSpec | None, kind: str, parts: dict, compute) -> Cell:
-        """The cell from the store if a matching one is there, else computed and saved; recorded as done either way."""
+    def _cell(
+        self, subject: Subject, spec: AttackSpec | None, kind: str, parts: dict, compute, expected: Expected
+    ) -> Cell:
+        """The cell from the store if a matching one is there (and holds what `expected` says), else computed and
+        saved; recorded as done either way."""
         key, seed = self._keys(subject, **parts)
-        cell = self.store.load(key)
+        cell = self.store.load(key, expected)
         if cell is not None:
             self._record(subject, Done(spec, kind, key, cell))
             return cell
@@ -182,9 +186,10 @@ class ChainRunner:
             self.on_computed(subject, done)
 
     def _record(self, subject: Subject, done: Done) -> None:
-        """Adds a finished cell once, keeping plan order (chains may finish in any order)."""
+        """Adds a finished cell once, keeping plan order (chains may finish in any order). Two attacks of the suite
+        with the same settings under two names share a cell (same key), and each still gets its rows."""
         finished = self.done.setdefault(subject.id, [])
-        if any(d.key == done.key for d in finished):
+        if any(d.key == done.key and d.spec == done.spec for d in finished):
             return
         finished.append(done)
         finished.sort(key=lambda d: (self.position[d.spec.name] if d.spec else -1, d.kind == "probe"))  # stable
@@ -203,7 +208,8 @@ class ChainRunner:
             def compute(eps=eps, todo=todo) -> Cell:
                 return Cell([{"eps": eps}], cells.bounded(attack, subject.target, x, y, todo, eps)[None], {})
 
-            self._cell(subject, spec, "attack", {"attack": spec.describe(), "eps": eps, **mode}, compute)
+            parts = {"attack": spec.describe(), "eps": eps, **mode}
+            self._cell(subject, spec, "attack", parts, compute, Expected(len(x), "eps", (eps,)))
 
     def _certified(self, subject: Subject, spec: AttackSpec, bound, x, y, correct) -> None:
         """One cell per eps; each eps bounds only what the previous one certified (a proof at eps holds below it)."""
@@ -215,7 +221,7 @@ class ChainRunner:
                 return Cell([{"eps": eps}], cells.certified(bound, subject.target, x, y, todo, eps)[None], {})
 
             parts = {"attack": spec.describe(), "eps": eps, "prior": list(grid[:i])}
-            todo = self._cell(subject, spec, "certified", parts, compute).flags[0]
+            todo = self._cell(subject, spec, "certified", parts, compute, Expected(len(x), "eps", (eps,))).flags[0]
 
     def _unbroken(self, subject: Subject, spec: AttackSpec, eps: float) -> np.ndarray:
         """Examples no finished row of this attack at a smaller eps broke (in a cascade: nor any earlier
@@ -249,7 +255,8 @@ class ChainRunner:
             flags, distance = cells.minimal(attack, subject.target, x, y, correct, grid)
             return Cell([{"eps": eps} for eps in grid], flags, {"distance": distance})
 
-        self._cell(subject, spec, "attack", {"attack": spec.describe(), "grid": list(grid)}, compute)
+        expected = Expected(len(x), "eps", grid, {"distance": (len(x),)})
+        self._cell(subject, spec, "attack", {"attack": spec.describe(), "grid": list(grid)}, compute, expected)
 
     def _smoothed(self, subject: Subject, spec: AttackSpec, certificate, x, y, correct) -> None:
         grid = self.grids[subject.id][spec.name]
@@ -258,7 +265,8 @@ class ChainRunner:
             flags, radius = cells.smoothed(certificate, x, y, grid)
             return Cell([{"eps": eps} for eps in grid], flags, {"radius": radius})
 
-        self._cell(subject, spec, "smoothed", {"attack": spec.describe(), "grid": list(grid)}, compute)
+        expected = Expected(len(x), "eps", grid, {"radius": (len(x),)})
+        self._cell(subject, spec, "smoothed", {"attack": spec.describe(), "grid": list(grid)}, compute, expected)
 
     def _patch(self, subject: Subject, spec: AttackSpec, attack, x, y, correct) -> None:
         scales = self.grids[subject.id][spec.name]
@@ -270,7 +278,8 @@ class ChainRunner:
             values = [{"scale": s, "target_success": t} for s, t in zip(scales, success, strict=True)]
             return Cell(values, flags, {"patch": patch})
 
-        self._cell(subject, spec, "attack", {"attack": spec.describe(), "scales": list(scales)}, compute)
+        expected = Expected(len(x), "scale", scales, {"patch": tuple(subject.info.shape)})
+        self._cell(subject, spec, "attack", {"attack": spec.describe(), "scales": list(scales)}, compute, expected)
 
     def _probes(self, spec: AttackSpec) -> bool:
         """White-box bounded attacks get a probe; a black-box one costs thousands of queries per example."""
@@ -285,7 +294,7 @@ class ChainRunner:
             return Cell([{"eps": eps} for eps in grid], flags, {})
 
         parts = {"attack": spec.describe(), "grid": list(grid), "probe": size}
-        self._cell(subject, spec, "probe", parts, compute)
+        self._cell(subject, spec, "probe", parts, compute, Expected(size, "eps", grid))
 
     def patch_training_images(self, subject: Subject, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray]:
         """The patch is optimised on training images so the test images it is judged on stay unseen."""

@@ -18,7 +18,16 @@ def _weights(value: object) -> str:
 def _ray_address(value: object) -> str:
     text = str(value).strip()
     if not text:
-        raise ValueError("choose auto, local or a cluster ADDRESS (host:port or ray://host:port)")
+        raise ValueError("choose auto, local or a cluster ADDRESS (host:port; Ray Client ray:// cannot run the sweep)")
+    return text
+
+
+def _out_dir(value: object) -> str:
+    text = str(value)
+    if not text.strip():
+        raise ValueError("give a folder, e.g. --out reports/sweep (an empty one would mean the current directory)")
+    if "\0" in text:
+        raise ValueError("a path cannot hold a NUL character")
     return text
 
 
@@ -45,7 +54,11 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 class SweepConfig:
     suite: str = option("quick", "suite name (attacks/NAME.toml) or path to a .toml file")
     n: int | None = option(None, "test images to attack (a seeded random subset); default: the suite's n", INT)
-    out: str = option("reports/sweep", "output directory; re-running into it resumes finished cells")
+    out: str = option(
+        "reports/sweep",
+        "output directory: new, empty, or one a sweep wrote (re-running into it resumes finished cells)",
+        _out_dir,
+    )
     seed: int = option(0, "seed for the image subset and the attacks' random starts", COUNT)
     device: str = option("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     batch_size: int | None = option(None, "examples per ART call; default 1024 on a GPU, 128 on a CPU (cache)", INT)

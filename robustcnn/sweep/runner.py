@@ -13,6 +13,7 @@ every cell on disk, so results.csv is the same wherever the cells were computed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.console import progress, say
-from robustcnn.errors import UsageError
+from robustcnn.errors import UsageError, last_line
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
 from robustcnn.results import (
     COLUMNS,
@@ -35,7 +36,9 @@ from robustcnn.results import (
     RESULTS_FILE,
     HeadlineEps,
     chance_level,
-    file_stem,
+    gallery_file,
+    patch_file,
+    results_csv,
     wilson_interval,
 )
 from robustcnn.sweep import cells
@@ -94,6 +97,10 @@ class Sweep(ChainRunner):
             self._write_manifest(
                 "interrupted", "interrupted: re-run the same command to resume; finished cells are kept"
             )
+            raise
+        except Exception as error:  # the manifest says so, rather than "running" for ever
+            with contextlib.suppress(UsageError):  # e.g. a full disk: the first error is the one to see
+                self._write_manifest("failed", f"{last_line(error)}; finished cells are kept: fix it and re-run")
             raise
         finally:
             self.bar.close()
@@ -159,11 +166,11 @@ class Sweep(ChainRunner):
 
         from robustcnn.fileio import atomic_path
 
-        folder = self.out / "patches"
-        folder.mkdir(exist_ok=True)
+        path = self.out / patch_file(subject.id, spec.name)
+        path.parent.mkdir(exist_ok=True)
         pixels = (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)  # (C, H, W)
         image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
-        with atomic_path(folder / f"{file_stem(subject.id)}__{file_stem(spec.name)}.png") as tmp:
+        with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
 
     # --- rows, worst case, results.csv ---------------------------------------------------------
@@ -238,7 +245,7 @@ class Sweep(ChainRunner):
                 correct = done[0].cell.flags[0]
                 rows += self._probe_clean(subject, correct) + self._worst_case(subject, correct)
         frame = pd.DataFrame(rows, columns=COLUMNS)
-        write_text(self.out / RESULTS_FILE, frame.to_csv(index=False))
+        write_text(self.out / RESULTS_FILE, results_csv(frame))  # formula-like text cells quoted for spreadsheets
         return frame
 
     # --- gallery, model checks, manifest -------------------------------------------------------
@@ -274,9 +281,9 @@ class Sweep(ChainRunner):
         }
         from robustcnn.fileio import atomic_path
 
-        folder = self.out / "gallery"
-        folder.mkdir(exist_ok=True)
-        with atomic_path(folder / f"{file_stem(subject.id)}.npz") as tmp, open(tmp, "wb") as f:
+        path = self.out / gallery_file(subject.id)
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
     def _strongest_attack(self, subject: Subject) -> tuple[AttackSpec, float] | None:
@@ -418,14 +425,18 @@ def _now() -> str:
 
 
 def plan_grids(subjects: list[Subject], suite: Suite) -> dict[str, dict[str, tuple[float, ...]]]:
-    """Resolves every attack's grid for every model's dataset up front, so a bad eps fails before any work."""
+    """Resolves every attack's grid for every model's dataset up front, and checks each attack against the model
+    and its data (a patch's target class, DLR's three classes, a layer a bound cannot handle), so that a bad
+    value is one line before anything is written, not a crash after an hour of attacks."""
     grids = {}
     for subject in subjects:
         try:
             grids[subject.id] = {spec.name: spec.grid(subject.info) for spec in suite.attacks}
             for spec in suite.attacks:
-                if spec.kind == "certified":  # an unsupported layer: one line now, not after an hour of attacks
-                    spec.attack_class(spec.name, spec.norm, spec.params, subject.target).check_model()
+                spec.check_data(subject.info)
+                attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)  # its own checks
+                if spec.kind == "certified":
+                    attack.check_model()
         except UsageError as error:
             raise UsageError(f"{suite.path}: model {subject.id!r}: {error}") from None
     return grids

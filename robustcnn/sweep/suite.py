@@ -34,6 +34,23 @@ SUITE_KEYS = ("description", "n", "reference_eps", "cascade", "attack")
 MAX_SUITE_BYTES = 1 << 20  # shipped suites are ~1 KB; the text is copied into manifest.json and the report
 ENTRY_KEYS = ("name", "type", "norm", "eps", "eps_fraction", "scales")
 
+# What a suite may ask. Each cap is far above any published evaluation, and low enough that a slip
+# (steps = 1000000) is one line at once instead of a sweep that runs for days.
+MAX_ATTACKS = 100  # [[attack]] entries per suite; the shipped suites have 2-4
+MAX_GRID = 100  # values in one eps, eps_fraction or scales list (one cell each); the shipped suites use <= 7
+CAPS = {  # attack parameter -> its largest allowed value, whichever attack has it
+    "steps": 10_000,  # gradient or optimisation steps; AutoAttack uses 100, long PGD evaluations 1000
+    "iterations": 10_000,  # patch optimisation steps; the shipped suites use 40-200
+    "restarts": 100,  # random starts, each a whole attack; AutoAttack's strongest setting uses 5
+    "queries": 100_000,  # Square's model queries per example; AutoAttack uses 5000
+    "binary_search_steps": 100,  # C&W's searches over c, each `steps` long; Carlini & Wagner use 9
+    "alpha_steps": 10_000,  # CROWN's optimisation steps on the ReLU slopes, per bound
+    "samples": 1_000_000,  # smoothing's noise samples per image; Cohen et al. use 100000
+    "selection": 100_000,  # smoothing's noise samples that choose the class; Cohen et al. use 100
+    "train_images": 100_000,  # images the patch is optimised on, held in memory; CIFAR-10 has 50000
+    "batch": 100_000,  # images per forward pass of a bound or of smoothing: memory, not time
+}
+
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -67,6 +84,24 @@ class AttackSpec:
                 eps, self.norm, what=f"attack {self.name!r}: eps_fraction x {info.name} reference {reference:g} ="
             )
         return grid
+
+    def check_data(self, info: DatasetInfo) -> None:
+        """Values only the data can judge, checked before anything is written: a patch's target class and its
+        side in pixels at the smallest scale."""
+        if not issubclass(self.attack_class, PatchAttack):
+            return
+        where = f"attack {self.name!r}: "
+        target = self.params.target
+        if target >= info.num_classes:
+            raise UsageError(
+                f"{where}target = {target} is not a class of {info.name}; choose 0..{info.num_classes - 1}"
+            )
+        side, smallest = min(info.shape[1:]), min(self.scales)
+        if smallest * side < 1:
+            raise UsageError(
+                f"{where}scale {smallest:g} makes a patch of {smallest * side:.2g} pixels on the {side}-pixel "
+                f"images of {info.name}; scales must be at least 1/{side} = {1 / side:.3g}"
+            )
 
     def describe(self) -> dict[str, Any]:
         """What determines this attack's results (its cache identity), as plain JSON."""
@@ -154,6 +189,8 @@ def parse_suite(data: dict[str, Any], path: Path, text: str = "") -> Suite:
     entries = data.get("attack")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise UsageError(f"{where}needs at least one [[attack]] table")
+    if len(entries) > MAX_ATTACKS:
+        raise UsageError(f"{where}{len(entries)} [[attack]] tables is above the cap of {MAX_ATTACKS}; split the suite")
     attacks = tuple(_parse_entry(entry, i + 1, where) for i, entry in enumerate(entries))
     names = [a.name for a in attacks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -213,6 +250,7 @@ def _parse_entry(entry: dict[str, Any], number: int, where: str) -> AttackSpec:
         raise UsageError(
             f"{error}; allowed keys: {allowed}" if "unknown option" in str(error) else str(error)
         ) from None
+    _check_caps(parsed, where)
     if issubclass(cls, PatchAttack):
         return _patch_entry(entry, cls, parsed, where)
     if "norm" not in entry:
@@ -249,10 +287,19 @@ def _patch_entry(entry: dict[str, Any], cls, parsed: Any, where: str) -> AttackS
     return AttackSpec(entry["name"], entry["type"], None, None, None, scales, parsed)
 
 
+def _check_caps(params: Any, where: str) -> None:
+    for name, cap in CAPS.items():
+        value = getattr(params, name, None)
+        if value is not None and value > cap:
+            raise UsageError(f"{where}{name} = {value} is above the cap of {cap}; lower it")
+
+
 def _numbers(value: Any, key: str, where: str) -> tuple[float, ...]:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise UsageError(f"{where}{key!r} is empty; give at least one value")
+    if len(values) > MAX_GRID:
+        raise UsageError(f"{where}{key!r} lists {len(values)} values, above the cap of {MAX_GRID}; give fewer")
     out = []
     for item in values:
         if isinstance(item, bool) or not isinstance(item, (int, float, str)):

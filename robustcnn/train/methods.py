@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
@@ -55,6 +56,7 @@ METHODS.register("standard")(Method)
 
 
 def _pgd(classifier, config: TrainConfig, steps: int):
+    import_art()
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     return ProjectedGradientDescentPyTorch(
@@ -117,6 +119,7 @@ class NFgsmTraining(PgdTraining):
     NOISE = 2.0  # noise radius in units of eps (the paper's k)
 
     def __init__(self, model, config, info, device, train_model=None):
+        import_art()
         from art.attacks.evasion import FastGradientMethod
 
         super().__init__(model, config, info, device, train_model)
@@ -176,7 +179,7 @@ class IbpTraining(Method):
     clean epoch on ibpcnn, benchmarks/results/certify)."""
 
     def __init__(self, model, config, info, device, train_model=None):
-        from robustcnn.certify.bounds import check_model
+        from robustcnn.certify.layers import check_model
 
         super().__init__(model, config, info, device, train_model)
         try:

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from robustcnn.art_setup import import_art
 from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import ImageSet
 from robustcnn.train.config import AdvMethod, TrainConfig
@@ -29,6 +30,7 @@ class Validator:
         method: Method,
         group: Group | None = None,
     ):
+        import_art()
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
 
         self.model, self.device, self.method, self.eps = model, device, method, config.eps
