@@ -7,7 +7,9 @@ import functools
 import importlib
 import logging
 import math
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,10 +38,15 @@ def art_classifier(
         preprocessing=None,  # ART's default (0, 1) standardisation is the identity, paid for at every step
         device_type="gpu" if device.type == "cuda" else "cpu",
     )
-    # ART only knows "cpu" and "gpu" (the current CUDA device); this lets it run on cuda:N and mps too.
-    classifier._device = device
+    return pin_device(classifier, model, device)
+
+
+def pin_device(estimator: Any, model: nn.Module, device: torch.device) -> Any:
+    """ART knows only "cpu" and "gpu" (the current CUDA device) and keeps its choice in the private `_device`,
+    which has no public setter; the one place robustcnn sets it, so an estimator runs on cuda:N and mps too."""
+    estimator._device = device
     model.to(device)
-    return classifier
+    return estimator
 
 
 @functools.cache
@@ -118,12 +125,30 @@ def lazy_success_rate() -> Iterator[None]:
     if module.logger.isEnabledFor(logging.INFO):
         yield
         return
-    original = module.compute_success
-    module.compute_success = lambda *args, **kwargs: math.nan
+    with _LAZY.lock:  # the first block in patches, the last one out restores: threads never keep the patch
+        if _LAZY.depth == 0:
+            _LAZY.original, module.compute_success = module.compute_success, _no_success_rate
+        _LAZY.depth += 1
     try:
         yield
     finally:
-        module.compute_success = original
+        with _LAZY.lock:
+            _LAZY.depth -= 1
+            if _LAZY.depth == 0:
+                module.compute_success, _LAZY.original = _LAZY.original, None
+
+
+class _LazyState:
+    lock = threading.Lock()
+    depth = 0  # blocks of lazy_success_rate open now, in any thread
+    original: Any = None  # ART's compute_success while patched
+
+
+_LAZY = _LazyState()
+
+
+def _no_success_rate(*args, **kwargs) -> float:
+    return math.nan
 
 
 class IterateRecorder:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from robustcnn.attacks.art import pin_device
 from robustcnn.config import from_mapping, to_dict
 from robustcnn.errors import UsageError
 from robustcnn.registry import Registry
@@ -67,7 +68,7 @@ class Attack:
         """ART re-wraps some estimators on its own idea of the device; put them back on ours."""
         estimator = getattr(art_attack, "estimator", None)
         if estimator is not None and hasattr(estimator, "_device"):
-            estimator._device = self.target.device
+            pin_device(estimator, self.target.model, self.target.device)
         self.target.model.to(self.target.device)
         return art_attack
 

@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from robustcnn.art_setup import import_art
+from robustcnn.attacks.art import pin_device
 from robustcnn.attacks.base import ATTACKS, Attack
 from robustcnn.config import FLOAT, INT, option
 from robustcnn.console import progress
@@ -74,9 +75,7 @@ class Smoothing(Attack):
             device_type="gpu" if self.target.device.type == "cuda" else "cpu",
             sample_size=p.selection, scale=p.sigma, alpha=p.alpha,
         )  # fmt: skip
-        smoothed._device = self.target.device  # ART picks cuda:0 for "gpu"; the sweep's device may be another
-        self.target.model.to(self.target.device)
-        return smoothed
+        return pin_device(smoothed, self.target.model, self.target.device)  # ART's "gpu" is cuda:0; ours may not be
 
 
 def smoothing_flags(prediction: np.ndarray, radius: np.ndarray, y: np.ndarray, grid) -> np.ndarray:
