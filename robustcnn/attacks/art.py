@@ -55,9 +55,8 @@ def classifier_class() -> type:
 
     Bit for bit ART's gradient (same module call, mode, label reduction and loss), without what an attack
     step does not need: a copy of the batch, preprocessing when there is none, setting the mode that is
-    already set, and zeroing every weight's gradient (frozen while attacks run). Measured on 2 CPU cores:
-    these are fixed costs per step, 2-3% of a PGD step on 128 MNIST images, 10% on 8. tests/test_attacks.py
-    compares the two.
+    already set, and zeroing every weight's gradient (frozen while attacks run): fixed costs per step, which
+    weigh most on small batches. tests/test_attacks.py compares the two.
     """
     import_art()
     from art.estimators.classification import PyTorchClassifier
@@ -97,7 +96,7 @@ def from_numpy(x: np.ndarray, device: torch.device) -> torch.Tensor:
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """Weights need no gradient while an attack runs: ART's loss_gradient calls backward(), which would
-    otherwise also compute every weight's gradient - about 40% of an attack step on a small CNN."""
+    otherwise also compute every weight's gradient, a large share of an attack step on a small CNN."""
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
@@ -116,7 +115,7 @@ def lazy_success_rate() -> Iterator[None]:
 
     `ProjectedGradientDescentPyTorch.generate` ends with `logger.info("Success rate ...", compute_success(...))`:
     the argument is evaluated even when INFO is off, costing two extra forward passes over every input
-    (measured on 2 CPU cores: half of a one-step FGSM-RS attack call, 6% of a PGD-10 call). While
+    (as much as the attack itself for a one-step attack). While
     the block runs, and only if ART's logger would drop the line, `compute_success` there returns nan.
     It feeds nothing but that log line (restarts use `compute_success_array`, which is left alone).
     """
@@ -155,8 +154,8 @@ class IterateRecorder:
     """Keeps every point an attack evaluates that lies in an original's eps ball and is misclassified there.
 
     AutoAttack counts an example as broken when *any* iterate inside the ball is misclassified; ART's PGD
-    and APGD return only their last iterate (measured on a PGD-trained digits model, 100 APGD-CE steps: 1-2%
-    of the examples had a misclassified iterate that the returned one was not). ART runs the model on every
+    and APGD return only their last iterate (on a PGD-trained model a few examples have a misclassified
+    iterate that the returned one is not). ART runs the model on every
     iterate anyway, for its gradient and loss, so a forward hook sees each one at no extra forward pass.
 
     Which original a row belongs to: ART runs the model on the whole batch in order (PGD), or on the subset
@@ -165,8 +164,8 @@ class IterateRecorder:
     checked, not assumed: every row must lie in its original's ball on the probe pixels (where the originals
     differ most), and every point kept must lie in it whole. Rows that fit no map are matched by geometry:
     a point in the ball of x_j and classified as anything but y_j is an adversarial example of x_j.
-    The hook runs at every step, so it touches whole rows only for the few points it keeps (measured: the
-    whole-row check of every row was 4-6% of a PGD step on 2 CPU cores).
+    The hook runs at every step, so it touches whole rows only for the few points it keeps (a whole-row check
+    of every row would be a visible share of each step).
     """
 
     PROBES = 32  # pixels compared first, where the originals differ most: another image's ball shows there
@@ -274,7 +273,7 @@ def projection(values: torch.Tensor, eps: float, norm: float, *, in_place: bool 
     for a scalar eps and the Linf or L2 norm (`in_place`: Linf overwrites `values`).
 
     ART broadcasts eps to an (n, d) float64 array, copies it to a tensor and projects in float64 at every
-    step (measured: 3-4% of a PGD step on 2 CPU cores). The same numbers come out of smaller work: in Linf,
+    step. The same numbers come out of smaller work: in Linf,
     ART's sign(v) * min(|v|, eps) is v clamped at float32(eps) (no float32 lies strictly between eps and its
     nearest float32; only the sign of a zero can differ, which no sum or model output sees); in L2 the
     float64 factor min(1, eps / ||v||) is one per row, not per pixel. tests/test_attacks.py compares it
@@ -294,9 +293,8 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
 
     The same float operations in the same order, minus ART's redundant passes over the batch (a multiply by
     1, an `any(isnan)` that syncs, a tensor of ones, float64 temporaries) and with every later pass done in
-    place on one buffer: the step alone with a fixed gradient, 128 MNIST images on 2 CPU cores, measured
-    0.30 -> 0.12 ms (Linf) and 0.47 -> 0.35 ms (L2) against the previous lean step; ART's took 1.0-1.4 ms.
-    tests/test_attacks.py compares it with ART's own step, NaN and infinite gradients included.
+    place on one buffer (what it saves: README, "Benchmarks", sweep-limit). tests/test_attacks.py compares it
+    with ART's own step, NaN and infinite gradients included.
     """
     keep_inf = {"nan": 0.0, "posinf": math.inf, "neginf": -math.inf}  # ART replaces NaN by 0 and keeps infinities
     grad = attack.estimator.loss_gradient(x=x, y=y)

@@ -1,7 +1,7 @@
 """square: Andriushchenko et al. (2020), a score-based black-box attack (ART `SquareAttack`).
 
 It uses only the model's outputs, so when it beats the white-box attacks the gradients are lying
-(gradient masking). Its cost is in queries: ~96 s for 1000 queries on 300 MNIST images on 2 CPU cores.
+(gradient masking). Its cost is in queries: one forward pass of the batch per query (README, "Benchmarks").
 """
 
 from __future__ import annotations
