@@ -47,7 +47,7 @@ smoothing: install
 	$(BIN)/python -m robustcnn.sweep runs/demo-gauss runs/demo-std --suite smoothing --out reports/smoothing
 
 test: install browser
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 test-all: install browser
 	$(BIN)/python -m pytest -q

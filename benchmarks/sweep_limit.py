@@ -72,22 +72,22 @@ class Work:
 
 @contextlib.contextmanager
 def around_cells(before_cell) -> Iterator[None]:
-    """Calls before_cell(sweep, subject, kind, key) before every cell of a sweep, and before_cell(..., None, "")
+    """Calls before_cell(sweep, subject, row_kind, key) before every cell of a sweep, and before_cell(..., None, "")
     after it (benchmark instrumentation: the sweep itself is unchanged)."""
-    cell = runner.Sweep._cell
+    cell = runner.Sweep.cell
 
-    def wrapped(self, subject, spec, kind, parts, compute):
-        before_cell(self, subject, kind, self._keys(subject, **parts)[0])
+    def wrapped(self, subject, spec, row_kind, parts, compute, expected):
+        before_cell(self, subject, row_kind, self._keys(subject, **parts)[0])
         try:
-            return cell(self, subject, spec, kind, parts, compute)
+            return cell(self, subject, spec, row_kind, parts, compute, expected)
         finally:
             before_cell(self, subject, None, "")
 
-    runner.Sweep._cell = wrapped
+    runner.Sweep.cell = wrapped
     try:
         yield
     finally:
-        runner.Sweep._cell = cell
+        runner.Sweep.cell = cell
 
 
 @contextlib.contextmanager

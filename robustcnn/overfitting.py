@@ -26,7 +26,6 @@ SINGLE_STEP = ("val_fgsm_acc", "val_train_attack_acc")  # log columns of single-
 MULTI_STEP = "val_pgd_acc"
 SLACK = 1e-9  # float slack: 0.55 - 0.25 is 0.30000000000000004, which is a gap of exactly GAP
 OVERFITTING = ("catastrophic overfitting", "robustness collapsed")  # the problems that stop training
-ONE_STEP_METHODS = ("fgsm-rs", "n-fgsm")  # training methods whose attack takes one gradient step
 
 
 def floor(num_classes: int) -> float:
@@ -34,7 +33,8 @@ def floor(num_classes: int) -> float:
 
 
 def single_step_accuracy(row: Mapping[str, Any], one_step_training: bool) -> float:
-    """Accuracy under the single-step attacks of a validation row: FGSM, and the method's own if one step."""
+    """Accuracy under the single-step attacks of a validation row: FGSM, and the method's own if one step
+    (`one_step_training`: the run's MethodTraits.single_step, from run.json)."""
     keys = SINGLE_STEP if one_step_training else SINGLE_STEP[:1]
     return max(float(row[k]) for k in keys if row.get(k) is not None)
 

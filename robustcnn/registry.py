@@ -34,5 +34,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entries(self) -> list[T]:
+        """Every entry in the order registered (for a registry whose order means something, such as the checks')."""
+        return list(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -140,9 +140,3 @@ def test_the_training_log_check_uses_the_same_rule():
     assert unknown_warm_up.message.startswith("epoch 3:")  # epoch 1 may have ramped eps up: not counted
     warm_up = [{**r, "eps": 0.1 * r["epoch"]} for r in never_rose]  # eps reaches 0.3 in epoch 3 only
     assert checks.catastrophic_overfitting(warm_up, "adv", "fgsm-rs", attacked_epoch=2).status is Status.PASS
-
-
-def test_the_guard_and_the_training_config_agree_on_which_methods_take_one_step():
-    from robustcnn.train.config import ONE_STEP  # the report side keeps its own list: it imports no torch
-
-    assert {method.value for method in ONE_STEP} == set(overfitting.ONE_STEP_METHODS)

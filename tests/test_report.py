@@ -24,7 +24,7 @@ from robustcnn.report.format import format_eps, markdown_escape
 from robustcnn.report.load import normalize_results, reference_eps
 from robustcnn.report.plots import nice_ticks
 from robustcnn.report.tables import headline
-from robustcnn.results import COLUMNS, file_stem
+from robustcnn.results import COLUMNS, Manifest, ModelEntry, file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert(1)</script>"
@@ -278,21 +278,21 @@ def test_gallery_of_a_model_id_with_odd_characters_is_found(tmp_path):
 
 
 def test_reference_eps_sources():
-    threat = {"threat_model": {"norm": "inf", "eps": 0.3}}
-    assert reference_eps({}, threat, "inf") == 0.3
-    assert reference_eps({}, threat, "2") is None  # a Linf threat model says nothing about L2
-    assert reference_eps({"suite": {"reference_eps": "8/255"}}, threat, "inf") == pytest.approx(8 / 255)
-    suite = {"suite": {"reference_eps": {"Linf": 0.1, "L2": 0.5}}}
+    threat = ModelEntry.from_json({"threat_model": {"norm": "inf", "eps": 0.3}}, "m")
+    assert reference_eps(None, threat, "inf") == 0.3
+    assert reference_eps(None, threat, "2") is None  # a Linf threat model says nothing about L2
+    assert reference_eps(Manifest(suite={"reference_eps": "8/255"}), threat, "inf") == pytest.approx(8 / 255)
+    suite = Manifest(suite={"reference_eps": {"Linf": 0.1, "L2": 0.5}})
     assert reference_eps(suite, threat, "inf") == 0.1 and reference_eps(suite, threat, "2") == 0.5
-    assert reference_eps({"suite": {"reference_eps": None}}, {}, "inf") is None
+    assert reference_eps(Manifest(suite={"reference_eps": None}), ModelEntry("m"), "inf") is None
 
 
 def test_headline_picks_the_grid_eps_closest_to_the_reference():
     frame = normalize_results(make_results(("m",), ("pgd",), eps=(0, 0.1, 0.25, 0.4)))
-    manifest = {"suite": {"reference_eps": 0.3}}
-    table = headline(frame, {"m": {}}, manifest)
+    manifest = Manifest(suite={"reference_eps": 0.3})
+    table = headline(frame, {"m": ModelEntry("m")}, manifest)
     assert [c.label for c in table.columns] == ["clean", "pgd (eps 0.25)", "worst-case (eps 0.25)"]
-    guessed = headline(frame, {"m": {}}, {})
+    guessed = headline(frame, {"m": ModelEntry("m")}, None)
     assert guessed.guessed and guessed.columns[1].eps == 0.1  # the middle of the grid
 
 
@@ -331,14 +331,14 @@ def test_report_package_imports_no_torch():
 def test_headline_reads_the_eps_the_sweep_chose_and_bolds_only_at_one_eps():
     results = normalize_results(make_results(("m",), ("fgsm", "pgd"), (0.1, 0.3)))
     chosen = {"reference_eps": {"inf": 0.3}, "headline_eps": {"fgsm": 0.1, "pgd": 0.3, "worst-case": 0.3}}
-    table = headline(results, {"m": chosen}, {})
+    table = headline(results, {"m": ModelEntry.from_json(chosen, "m")}, None)
     names = [c.attack for c in table.columns]
     (_, cells) = table.rows[0]
     fgsm, pgd = cells[names.index("fgsm")], cells[names.index("pgd")]
     assert (fgsm.eps, pgd.eps) == (0.1, 0.3) and not table.guessed
     assert not fgsm.strongest and not pgd.strongest  # 0.1 against 0.3 says nothing about which is stronger
     same = {**chosen, "headline_eps": {"fgsm": 0.3, "pgd": 0.3, "worst-case": 0.3}}
-    (_, cells) = headline(results, {"m": same}, {}).rows[0]
+    (_, cells) = headline(results, {"m": ModelEntry.from_json(same, "m")}, None).rows[0]
     bold = [names[i] for i, c in enumerate(cells) if c is not None and c.strongest]
     lowest = min(("fgsm", "pgd"), key=lambda a: cells[names.index(a)].accuracy)
     assert bold == [lowest]

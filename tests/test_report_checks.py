@@ -47,7 +47,7 @@ def test_clean_table_passes_every_check():
         assert statuses.pop(("certified-le-attacked", model)) is Status.SKIP
         assert statuses.pop(("smoothing-noise-trained", model)) is Status.SKIP
     assert set(statuses.values()) == {Status.PASS}, [c for c in found if c.status is not Status.PASS]
-    assert {c.name for c in found} == set(checks.NAMES)
+    assert {c.name for c in found} == set(checks.CHECKS.names())
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_a_check_that_crashes_becomes_a_warning(monkeypatch):
     def broken(results, model):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setitem(checks.RESULT_CHECKS, "monotone-eps", broken)
+    monkeypatch.setattr(checks, "monotone_in_eps", broken)  # what the registered monotone-eps check calls
     found = checks.run_checks(table(), models())
     crashed = [c for c in found if c.name == "monotone-eps"]
     assert all(c.status is Status.WARN and "ZeroDivisionError: boom" in c.message for c in crashed)
@@ -241,7 +241,7 @@ def test_check_is_frozen_and_serialises():
 def test_every_check_is_explained_in_the_docs():
     docs = (ROOT / "docs" / "checks.md").read_text(encoding="utf-8")
     headings = set(re.findall(r"^## (\S+)$", docs, flags=re.M))
-    assert set(checks.NAMES) <= headings
+    assert set(checks.CHECKS.names()) <= headings
 
 
 @pytest.mark.parametrize(("accuracy", "status"), [(0.12, Status.WARN), (0.18, Status.WARN), (0.20, Status.PASS)])
@@ -287,3 +287,24 @@ def test_certified_below_every_attack_passes_and_above_one_fails():
     lowest = min(accuracy_of(results, "adv", a, 0.1) for a in ("fgsm", "pgd", "pgd-50", "apgd-ce", "square"))
     above = checks.certified_le_attacked(_with_certified({0.1: lowest + 0.002}), "adv")  # one image in 500
     assert above.status is Status.FAIL and "ibp at eps 0.1" in above.message
+
+
+def test_a_new_check_is_one_registered_function(monkeypatch):
+    """What docs/architecture.md shows: a function of the model's view, registered with its name and title."""
+    from robustcnn.registry import Registry
+    from robustcnn.results import Check
+
+    monkeypatch.setattr(checks, "CHECKS", Registry("check"))  # only the new check, and the registry restored after
+
+    @checks.check("has-rows", "every model has rows in the results")
+    def has_rows(view: checks.ModelView) -> Check:
+        status = Status.PASS if view.rows else Status.FAIL
+        return Check.of("has-rows", status, f"{len(view.rows)} rows, {view.entry.method or 'not'} trained", view.model)
+
+    found = checks.run_checks(table(), {**models(), "gone": {}})
+    assert [(c.name, c.model, c.status) for c in found] == [
+        ("has-rows", "std", Status.PASS),
+        ("has-rows", "adv", Status.PASS),
+        ("has-rows", "gone", Status.FAIL),
+    ]
+    assert found[1].message.endswith("pgd trained") and found[1].link == "docs/checks.md#has-rows"

@@ -25,7 +25,7 @@ def test_every_shipped_suite_loads_and_resolves_for_mnist_and_cifar():
         for info in (dataset_info("mnist5k"), dataset_info("cifar10")):
             for spec in suite.attacks:
                 grid = spec.grid(info)
-                assert list(grid) == sorted(grid) and all(g > 0 or spec.kind == "smoothed" for g in grid)
+                assert list(grid) == sorted(grid) and all(g > 0 or spec.kind.name == "smoothed" for g in grid)
                 # radius 0 of a smoothing entry: the smoothed classifier's own accuracy (Cohen et al.'s first point)
 
 

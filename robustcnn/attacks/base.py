@@ -1,10 +1,12 @@
 """The attack base classes. Each attack module wraps one ART class; this file does the shared chores.
 
-Three kinds of attack (`Attack.kind`; the sweep runs each kind its own way):
-- `BoundedAttack`: finds x_adv inside the eps ball (FGSM, PGD, APGD, Square); run once per eps.
-- `MinimalAttack`: finds the smallest perturbation it can (Carlini-Wagner, DeepFool); one run gives
+Each class names its kind (`Attack.kind`), which says how the sweep runs it (robustcnn/sweep/kinds, one module each):
+- `BoundedAttack` ("bounded"): finds x_adv inside the eps ball (FGSM, PGD, APGD, Square); run once per eps.
+- `MinimalAttack` ("minimal"): finds the smallest perturbation it can (Carlini-Wagner, DeepFool); one run gives
   the accuracy at every eps: an example is robust at eps if the attack failed or needed more than eps.
-- `PatchAttack`: optimises one universal patch on training images, then pastes it at several scales.
+- `PatchAttack` ("patch"): optimises one universal patch on training images, then pastes it at several scales.
+- `CertifiedBound` ("certified"): proves examples robust (ibp, crown); a lower bound where attacks give upper ones.
+- `Smoothing` ("smoothed", attacks/smoothing.py): certified L2 radii of the randomized-smoothing classifier.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Target:
 class Attack:
     """Shared by every attack: declared capabilities, parameter parsing, and device pinning."""
 
-    kind: ClassVar[str]  # "bounded", "minimal", "patch", "certified", "smoothed": how the sweep runs it (chains.RUNS)
+    kind: ClassVar[str]  # how the sweep runs it: a name in robustcnn/sweep/kinds (KINDS), e.g. "bounded"
     box: ClassVar[str] = "white"  # "black" when only model outputs are used (no gradients)
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
     Params: ClassVar[type] = NoParams
@@ -63,6 +65,9 @@ class Attack:
     def describe_params(cls, params: Any) -> dict[str, Any]:
         """The parameters as they run (what results.csv records): subclasses correct what ART overrides."""
         return to_dict(params) if fields(params) else {}
+
+    def check_model(self) -> None:
+        """A one-line UsageError, before any work, when the model has something this attack cannot handle."""
 
     def pin_device(self, art_attack: Any) -> Any:
         """ART re-wraps some estimators on its own idea of the device; put them back on ours."""
@@ -137,9 +142,6 @@ class CertifiedBound(Attack):
     from the true label, so its accuracy is a lower bound on robust accuracy where attacks give upper bounds."""
 
     kind = "certified"
-
-    def check_model(self) -> None:
-        """A one-line UsageError, before any work, when the model has something this bound cannot handle."""
 
     def certify(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         """(n,) bool: proven correct at every input within eps of x (and in the pixel range)."""

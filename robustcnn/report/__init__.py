@@ -17,10 +17,10 @@ import pandas as pd
 from robustcnn.errors import UsageError
 from robustcnn.fileio import write_json, write_text
 from robustcnn.report.checks import Check, Status, run_checks
-from robustcnn.report.load import SweepData, load_sweep, model_entries, normalize_results
+from robustcnn.report.load import SweepData, as_manifest, load_sweep, model_entries, normalize_results
 from robustcnn.report.render import checks_json, render_html, render_markdown
 from robustcnn.report.tables import headline, text_table
-from robustcnn.results import CHECKS_FILE, REPORT_FILE, SUMMARY_FILE
+from robustcnn.results import CHECKS_FILE, REPORT_FILE, SUMMARY_FILE, Manifest
 
 __all__ = ["Check", "Status", "Written", "report", "summary_table", "write_report"]
 
@@ -57,23 +57,24 @@ def write_report(out_dir: str | Path) -> Written:
     return Written(data.out_dir / REPORT_FILE, text_table(table) + _unfinished(data.manifest), found)
 
 
-def _unfinished(manifest: dict) -> str:
+def _unfinished(manifest: Manifest | None) -> str:
     """A line under the table when the rows are not the whole sweep (a shard ahead of the others, a kill)."""
-    status = manifest.get("status", "finished")
+    status = (manifest.status if manifest is not None else "") or "finished"
     if status == "finished":
         return ""
-    return f"\nsweep {status}, not every cell is done: {manifest.get('message') or 'it is still running'}"
+    return f"\nsweep {status}, not every cell is done: {manifest.message or 'it is still running'}"
 
 
-def summary_table(source: str | Path | pd.DataFrame, manifest: dict | None = None) -> str:
+def summary_table(source: str | Path | pd.DataFrame, manifest: Manifest | dict | None = None) -> str:
     """A short plain-text headline table (accuracy in %) for the terminal.
 
     `source` is a sweep directory or a results table (e.g. the sweep's rows so far); with a table, pass
-    the manifest to use its reference eps.
+    the manifest (a `Manifest`, or manifest.json's object) to use its reference eps.
     """
     if isinstance(source, pd.DataFrame):
         results = normalize_results(source, "results table")
-        data = SweepData(Path("."), results, manifest or {}, model_entries(manifest or {}, results))
+        manifest = as_manifest(manifest)
+        data = SweepData(Path("."), results, manifest, model_entries(manifest, results))
     else:
         data = load_sweep(source)
     return text_table(headline(data.results, data.models, data.manifest))

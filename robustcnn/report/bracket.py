@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustcnn.results import EPS_TOLERANCE
+from robustcnn.results import EPS_TOLERANCE, RowKind
 
 COLUMNS = ["model", "norm", "eps", "certified", "certified_by", "attacked", "attacked_by", "attacked_eps", "gap"]
 
@@ -17,8 +17,10 @@ COLUMNS = ["model", "norm", "eps", "certified", "certified_by", "attacked", "att
 def bracket(results: pd.DataFrame) -> pd.DataFrame:
     """Per model, norm and certified eps: the best certified accuracy and the lowest attacked accuracy at that
     eps or below (a smaller ball's attack still bounds the larger ball's robust accuracy from above)."""
-    proofs = results[results["kind"] == "certified"]
-    attacked = results[results["kind"].isin(("attack", "worst-case")) & ~results["is_patch"].astype(bool)]
+    proofs = results[results["kind"] == RowKind.CERTIFIED.value]
+    attacked = results[
+        results["kind"].isin((RowKind.ATTACK.value, RowKind.WORST_CASE.value)) & ~results["is_patch"].astype(bool)
+    ]
     rows = []
     for (model, norm, eps), group in proofs.groupby(["model", "norm", "eps"], sort=False):
         best = group.loc[group["accuracy"].idxmax()]

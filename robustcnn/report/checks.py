@@ -4,6 +4,10 @@ Each check is a pure function of the results table (and, for training, the per-e
 `Check`: pass, warn, fail, or skip when the sweep has nothing to judge. A failing check explains a number,
 it never hides one. docs/checks.md says, per check, what it means and what to do.
 
+The report runs what is registered with `@check(name, title)` at the end of this file, each over one
+`ModelView` (a model's rows and its manifest entry), in the order registered; `run_checks` is that loop. A new
+check is one function over the view with that decorator, and its section in docs/checks.md.
+
 Comparisons are paired (every attack ran on the same examples), but the thresholds use the 95% Wilson
 intervals so that sampling noise alone never fails a check: "clearly above" means the higher value's
 interval lies entirely above the other value.
@@ -14,19 +18,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from enum import Enum
+from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
 import pandas as pd
 
 from robustcnn import overfitting as guard
+from robustcnn.method_traits import MethodTraits, read_traits
+from robustcnn.registry import Registry
 from robustcnn.report.format import describe_point, format_eps, pct
-from robustcnn.results import EPS_TOLERANCE, chance_level
+from robustcnn.results import CHECKS_DOCS, EPS_TOLERANCE, Check, ModelEntry, RowKind, Status, chance_level
 
-DOCS = "docs/checks.md"
-NOT_ADVERSARIAL = ("standard", "gaussian")  # training methods that do not aim at robustness to attacks
+DOCS = CHECKS_DOCS
 TINY = 1e-9  # float slack: a Wilson bound of 0% comes out as 1e-17, and must not count as above 0%
 NOISE = 0.005  # accuracy differences up to half a percentage point are noise (1 example in 200), never a warning
 STEPS_TOLERANCE = 0.01  # more steps or restarts may move accuracy by 1 point before the attack counts as unconverged
@@ -39,38 +43,12 @@ STEPS_KEYS = ("steps", "max_iter", "n_iter", "nb_iter", "iterations")  # spellin
 RESTARTS_KEYS = ("restarts", "n_restarts", "num_random_init", "random_restarts")
 
 
-class Status(str, Enum):
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-    SKIP = "skip"  # not applicable to this sweep (e.g. no black-box attack in the suite)
-
-    @classmethod
-    def parse(cls, value: object) -> Status | None:
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            return None
-
-
 Row = Mapping[str, Any]  # one results row as a dict (iterating records is 50x faster than iterrows)
 SEVERITY = {Status.FAIL: 3, Status.WARN: 2, Status.PASS: 1, Status.SKIP: 0}
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str  # the check's id, also its anchor in docs/checks.md
-    status: Status  # pass | warn | fail | skip
-    message: str  # one line naming the numbers behind the status
-    link: str  # where the check and what to do about it are explained
-    model: str | None = None  # the model it judged; None for the whole sweep
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
-
-
 def _check(name: str, status: Status, message: str, model: str | None) -> Check:
-    return Check(name, status, message, f"{DOCS}#{name}", model)
+    return Check.of(name, status, message, model)
 
 
 Results = pd.DataFrame | list[Row]  # a results table, or its records (what run_checks passes: faster)
@@ -84,7 +62,7 @@ def _rows(results: Results, model: str) -> list[Row]:
 
 def _eps_rows(rows: list[Row]) -> list[Row]:
     """Attack rows that have an eps (not patch), eps > 0: at eps 0 every attack is the clean model."""
-    return [r for r in rows if r["kind"] == "attack" and not r["is_patch"] and r["eps"] > 0]
+    return [r for r in rows if r["kind"] == RowKind.ATTACK and not r["is_patch"] and r["eps"] > 0]
 
 
 def _group(rows: list[Row], *keys: str) -> dict[Any, list[Row]]:
@@ -114,7 +92,7 @@ def _worst(findings: list[tuple[Status, float, str]]) -> tuple[Status, float, st
 
 
 def _is_probe(row: Row) -> bool:
-    return row["kind"] == "probe"
+    return row["kind"] == RowKind.PROBE
 
 
 def _judged(rows: list[Row]) -> list[Row]:
@@ -125,7 +103,7 @@ def _judged(rows: list[Row]) -> list[Row]:
         r
         for r in rows
         if (_is_probe(r) and r["attack"] != "clean")
-        or (r["kind"] in ("attack", "worst-case") and r["attack"] not in probed)
+        or (r["kind"] in (RowKind.ATTACK, RowKind.WORST_CASE) and r["attack"] not in probed)
     ]
 
 
@@ -139,7 +117,7 @@ def robust_le_clean(results: Results, model: str) -> Check:
     In nested mode an attack row counts clean-misclassified examples as broken, so only the probe rows
     (every example attacked, compared with the clean accuracy of the same examples) and patch rows can tell."""
     name, rows = "robust-le-clean", _rows(results, model)
-    clean = [r for r in rows if r["kind"] == "clean"]
+    clean = [r for r in rows if r["kind"] == RowKind.CLEAN]
     probe_clean = [r for r in rows if _is_probe(r) and r["attack"] == "clean"]
     attacked = _judged(rows)
     if not clean or not attacked:
@@ -321,7 +299,7 @@ def black_box_not_stronger(results: Results, model: str) -> Check:
 def large_eps_near_zero(results: Results, model: str, image_size: int | None = None) -> Check:
     """At a huge eps (Linf >= 0.5; L2 >= half the image's diagonal) a working attack leaves ~0% accuracy."""
     name = "large-eps"
-    rows = [r for r in _judged(_rows(results, model)) if not r["is_patch"] and r["kind"] != "worst-case"]
+    rows = [r for r in _judged(_rows(results, model)) if not r["is_patch"] and r["kind"] != RowKind.WORST_CASE]
     large = [r for r in rows if _very_large(r, image_size)]
     if not large:
         return _check(name, Status.SKIP, f"the eps grid has no very large eps (Linf >= {LARGE_LINF_EPS})", model)
@@ -344,7 +322,7 @@ def _very_large(row: Row, image_size: int | None) -> bool:
 def clean_above_chance(results: Results, model: str, num_classes: int | None = None) -> Check:
     """Clean accuracy at chance level: wrong normalisation or input range, or labels in another order."""
     name = "clean-accuracy"
-    clean = [r for r in _rows(results, model) if r["kind"] == "clean"]
+    clean = [r for r in _rows(results, model) if r["kind"] == RowKind.CLEAN]
     if not clean or not num_classes or num_classes < 2:
         return _check(name, Status.SKIP, "no clean row or no class count for this model", model)
     chance, floor = chance_level(num_classes)
@@ -359,24 +337,30 @@ def clean_above_chance(results: Results, model: str, num_classes: int | None = N
 
 
 def catastrophic_overfitting(
-    metrics: Any, model: str, method: str = "", attacked_epoch: int | None = None, eps_warmup: int | None = None
+    metrics: Any,
+    model: str,
+    method: str = "",
+    attacked_epoch: int | None = None,
+    eps_warmup: int | None = None,
+    traits: Any = None,
 ) -> Check:
     """The training guard's rule (robustcnn.overfitting) on the log: an epoch at full eps whose single-step
     accuracy is far above its PGD accuracy, or whose PGD accuracy fell far from its best, overfitted.
     `eps_warmup`: the run's warm-up epochs; unknown, an epoch counts as at full eps when the one before ended
-    there (a log's eps is each epoch's last)."""
+    there (a log's eps is each epoch's last). `traits`: the run's recorded method_traits (read_traits)."""
     name = "catastrophic-overfitting"
     rows = [r for r in metrics if _log_row(r)] if isinstance(metrics, list) else []
     if not rows:
         return _check(name, Status.SKIP, "no training log with val_fgsm_acc and val_pgd_acc for this model", model)
     full_eps = max(float(r.get("eps") or 0) for r in rows)
-    if method in NOT_ADVERSARIAL or ("eps" in rows[0] and full_eps <= 0):
+    known = read_traits(method, traits)
+    if (known is not None and not known.guarded) or ("eps" in rows[0] and full_eps <= 0):
         return _check(name, Status.SKIP, "not adversarially trained", model)
     if isinstance(eps_warmup, int):
         settled = [int(r["epoch"]) > eps_warmup for r in rows]
     else:
         settled = [i > 0 and float(rows[i - 1].get("eps", full_eps) or 0) >= full_eps for i in range(len(rows))]
-    verdicts = guard.judge_log(rows, settled, floor_acc=-1.0, one_step_training=_one_step(method))
+    verdicts = guard.judge_log(rows, settled, floor_acc=-1.0, one_step_training=_one_step(known))
     epochs = [int(r["epoch"]) for r in rows]
     stopped = [(e, v) for e, v in zip(epochs, verdicts, strict=True) if v.overfitted]
     if not stopped:
@@ -397,8 +381,8 @@ def _log_row(row: Any) -> bool:
     )
 
 
-def _one_step(method: str) -> bool:
-    return method in guard.ONE_STEP_METHODS
+def _one_step(traits: MethodTraits | None) -> bool:
+    return traits is not None and traits.single_step
 
 
 def _guard_rule() -> str:
@@ -409,21 +393,28 @@ def _guard_rule() -> str:
 
 
 def trained_attack_gap(
-    results: Results, model: str, method: str = "", trained_against: Any = None, reference_eps: Any = None
+    results: Results,
+    model: str,
+    method: str = "",
+    trained_against: Any = None,
+    reference_eps: Any = None,
+    traits: Any = None,
 ) -> Check:
     """An attack far weaker than a stronger one at the training eps means catastrophic overfitting or gradient
     masking: the model learnt to defeat that attack, not to be robust.
 
-    The weak side is FGSM (the classic sign) and, for models robustcnn trained with PGD or TRADES, also PGD
-    (the attack they trained against); the strong side is the strongest white-box attack of another type
-    that is not single-step. Models robustcnn trained: at the training norm and eps; fail. Models from
-    elsewhere: at each norm's headline eps; warn, as their training is unknown. Standard training: skip.
+    The weak side is FGSM (the classic sign) and, for models robustcnn trained with a method whose `traits`
+    (run.json's method_traits) are not single-step, also PGD; the strong side is the strongest white-box attack
+    of another type that is not single-step. Models robustcnn trained: at the training norm and eps; fail.
+    Models from elsewhere: at each norm's headline eps; warn, as their training is unknown. Methods that are
+    not adversarial (standard, noise training): skip.
     """
     name = "trained-attack-gap"
-    if method in NOT_ADVERSARIAL:
+    known = read_traits(method, traits)
+    if known is not None and not known.adversarial:
         return _check(name, Status.SKIP, "not adversarially trained", model)
     rows = [r for r in _eps_rows(_rows(results, model)) if r["box"] == "white"]
-    points, weak_types = _gap_points(method, trained_against, reference_eps)
+    points, weak_types = _gap_points(method, trained_against, reference_eps, _one_step(known))
     findings = []
     for norm, eps in points:
         at = [r for r in rows if r["norm"] == norm and r["eps"] == _grid_eps(rows, norm, eps)]
@@ -444,10 +435,12 @@ def trained_attack_gap(
     return _check(name, status, f"{message}: catastrophic overfitting / gradient masking", model)
 
 
-def _gap_points(method: str, trained_against: Any, reference_eps: Any) -> tuple[list[tuple[str, float]], tuple]:
+def _gap_points(
+    method: str, trained_against: Any, reference_eps: Any, single_step: bool
+) -> tuple[list[tuple[str, float]], tuple]:
     """Where to compare, and the attack types that are the weak side."""
     if method and isinstance(trained_against, dict) and isinstance(trained_against.get("eps"), (int, float)):
-        weak = ("fgsm",) if _one_step(method) else ("fgsm", "pgd")
+        weak = ("fgsm",) if single_step else ("fgsm", "pgd")
         return [(str(trained_against.get("norm", "inf")), float(trained_against["eps"]))], weak
     if isinstance(reference_eps, dict):
         return [(str(k), float(v)) for k, v in reference_eps.items() if isinstance(v, (int, float))], ("fgsm",)
@@ -472,28 +465,13 @@ def _gap_finding(weak: Row, strong: Row) -> tuple[Status, float, str]:
     return (Status.FAIL if significant else Status.WARN), gap, f"{where}, {strong['attack']} below half"
 
 
-def from_manifest(entry: dict[str, Any], model: str) -> list[Check]:
-    """The `model_checks` the sweep computed from the model itself (logits, gradients, randomness)."""
-    checks = []
-    for item in entry.get("model_checks") or []:
-        if not isinstance(item, dict):
-            continue
-        status = Status.parse(item.get("status"))
-        message = str(item.get("message", ""))
-        if status is None:
-            status, message = Status.WARN, f"{message} (unknown status {item.get('status')!r})"
-        name = str(item.get("name", "model-check"))
-        checks.append(Check(name, status, message, str(item.get("link") or f"{DOCS}#{name}"), model))
-    return checks
-
-
 def certified_le_attacked(results: Results, model: str) -> Check:
     """A certified accuracy is a lower bound, an attacked one an upper bound, on the same examples: an example
     proven robust at eps cannot be broken by any attack at eps or below. Any certified row above an attack
     row of its norm at the same eps is a bug in the bound or in the attack, never noise."""
     name, rows = "certified-le-attacked", _rows(results, model)
-    proofs = [r for r in rows if r["kind"] == "certified"]
-    attacked = [r for r in rows if r["kind"] in ("attack", "worst-case") and not r["is_patch"]]
+    proofs = [r for r in rows if r["kind"] == RowKind.CERTIFIED]
+    attacked = [r for r in rows if r["kind"] in (RowKind.ATTACK, RowKind.WORST_CASE) and not r["is_patch"]]
     if not proofs:
         return _check(name, Status.SKIP, "no certified rows for this model (add an ibp or crown entry)", model)
     findings = []
@@ -515,16 +493,19 @@ def certified_le_attacked(results: Results, model: str) -> Check:
     return _check(name, status, message, model)
 
 
-def smoothing_noise_trained(results: Results, model: str, method: str = "", sigma: Any = None) -> Check:
+def smoothing_noise_trained(
+    results: Results, model: str, method: str = "", sigma: Any = None, traits: Any = None
+) -> Check:
     """Randomized smoothing certifies the smoothed classifier, which is only as accurate as the model is on its
     noise: a model not trained with Gaussian noise at that sigma gets few and small certificates (not wrong)."""
     name = "smoothing-noise-trained"
-    rows = [r for r in _rows(results, model) if r["kind"] == "smoothed"]
+    rows = [r for r in _rows(results, model) if r["kind"] == RowKind.SMOOTHED]
     if not rows:
         return _check(name, Status.SKIP, "no randomized smoothing rows for this model", model)
     used = sorted({float(json.loads(r["params"]).get("sigma", math.nan)) for r in rows})
     listed = ", ".join(f"{s:g}" for s in used)
-    if method != "gaussian":
+    known = read_traits(method, traits)
+    if known is None or not known.gaussian_noise:
         trained = f"trained with {method}" if method else "not trained by robustcnn"
         return _check(name, Status.WARN, (
             f"smoothing at sigma {listed} on a model {trained}, not with Gaussian noise: its smoothed "
@@ -536,85 +517,123 @@ def smoothing_noise_trained(results: Results, model: str, method: str = "", sigm
     return _check(name, Status.PASS, f"trained with Gaussian noise at sigma {listed}, the smoothing's", model)
 
 
-RESULT_CHECKS: dict[str, Callable[[Results, str], Check]] = {
-    "robust-le-clean": robust_le_clean,
-    "monotone-eps": monotone_in_eps,
-    "iterative-vs-single-step": iterative_beats_single_step,
-    "steps-restarts": steps_restarts_converged,
-    "black-box-vs-white-box": black_box_not_stronger,
-    "certified-le-attacked": certified_le_attacked,
-}  # the checks that need only the results table, by name
-TITLES = {
-    "clean-accuracy": "clean accuracy is above chance level",
-    "robust-le-clean": "robust accuracy is at most clean accuracy",
-    "monotone-eps": "accuracy does not rise with eps",
-    "iterative-vs-single-step": "iterative attacks are at least as strong as FGSM",
-    "steps-restarts": "more steps or restarts change little",
-    "black-box-vs-white-box": "black-box attacks are not stronger than white-box ones",
-    "certified-le-attacked": "certified accuracy (a lower bound) is at most every attack's (upper bounds)",
-    "smoothing-noise-trained": "randomized smoothing runs on a model trained with its noise",
-    "large-eps": "accuracy is near zero at a very large eps",
-    "catastrophic-overfitting": "no catastrophic overfitting in training",
-    "trained-attack-gap": "no attack is far weaker than a stronger one at the training eps",
-}  # every check computed here, in the report's order, with its one-line claim
-NAMES = tuple(TITLES)
+@dataclass(frozen=True)
+class ModelView:
+    """What every check reads about one model: its rows of the results and its manifest entry."""
+
+    model: str  # the model id
+    rows: list[Row]  # its rows of results.csv (normalised by report.load), in file order
+    entry: ModelEntry  # its manifest entry; every field at its default when the manifest says nothing
 
 
-def run_checks(results: pd.DataFrame, models: dict[str, dict[str, Any]]) -> list[Check]:
-    """Every check for every model (in results order), then the sweep's own model checks."""
-    records = results.to_dict("records")
+@dataclass(frozen=True)
+class Registered:
+    name: str  # the check's id: its anchor in docs/checks.md, and the name of every Check it returns
+    title: str  # the one-line claim the report lists it under
+    run: Callable[[ModelView], Check]
+
+
+CHECKS: Registry[Registered] = Registry("check")  # run, and listed in the report, in the order registered
+
+
+def check(name: str, title: str) -> Callable[[Callable[[ModelView], Check]], Callable[[ModelView], Check]]:
+    """Registers a check of one model: a function of its `ModelView` that returns a `Check` named `name`."""
+
+    def add(function: Callable[[ModelView], Check]) -> Callable[[ModelView], Check]:
+        CHECKS.register(name)(Registered(name, title, function))
+        return function
+
+    return add
+
+
+def run_checks(results: pd.DataFrame, models: Mapping[str, ModelEntry | Mapping[str, Any]]) -> list[Check]:
+    """Every registered check for every model (in `models` order), then the sweep's checks of that model.
+    `models`: each model's manifest entry, by id (an entry as manifest.json holds it is read as one)."""
+    rows = _group(results.to_dict("records"), "model")
     checks = []
     for model, entry in models.items():
-        checks.append(_guarded("clean-accuracy", model, clean_above_chance, records, model, _class_count(entry)))
-        for name, check in RESULT_CHECKS.items():
-            checks.append(_guarded(name, model, check, records, model))
-        checks.append(_guarded("large-eps", model, large_eps_near_zero, records, model, _image_size(entry)))
-        method, epoch = str(entry.get("method", "")), _attacked_epoch(entry)
-        log = entry.get("training_metrics")
-        warmup = entry.get("eps_warmup")
-        co_args = (log, model, method, epoch, warmup)
-        checks.append(_guarded("catastrophic-overfitting", model, catastrophic_overfitting, *co_args))
-        gap_args = (records, model, method, entry.get("trained_against"), entry.get("reference_eps"))
-        checks.append(_guarded("trained-attack-gap", model, trained_attack_gap, *gap_args))
-        noise = (records, model, method, entry.get("noise_sigma"))
-        checks.append(_guarded("smoothing-noise-trained", model, smoothing_noise_trained, *noise))
-        checks += from_manifest(entry, model)
+        entry = entry if isinstance(entry, ModelEntry) else ModelEntry.from_json(entry, model)
+        view = ModelView(model, rows.get(model, []), entry)
+        checks += [_guarded(registered, view) for registered in CHECKS.entries()]
+        checks += entry.model_checks or ()
     return checks
 
 
-def _guarded(name: str, model: str, check: Callable[..., Check], *args: Any) -> Check:
+def _guarded(registered: Registered, view: ModelView) -> Check:
     """A check that trips over unexpected data says so instead of taking the whole report down."""
     try:
-        return check(*args)
+        return registered.run(view)
     except Exception as error:  # reported as a warning, never swallowed silently
-        return _check(name, Status.WARN, f"check could not run: {type(error).__name__}: {error}", model)
+        return _check(registered.name, Status.WARN, f"check could not run: {type(error).__name__}: {error}", view.model)
 
 
-def _image_size(entry: dict[str, Any]) -> int | None:
-    dataset = entry.get("dataset")
-    shape = dataset.get("shape") if isinstance(dataset, dict) else entry.get("shape")
-    if isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape):
-        return math.prod(shape)
-    return None
+# --- the registry: each entry reads what its check needs from the view --------------------------------------
+@check("clean-accuracy", "clean accuracy is above chance level")
+def _clean_accuracy(view: ModelView) -> Check:
+    return clean_above_chance(view.rows, view.model, view.entry.num_classes)
 
 
-def _class_count(entry: dict[str, Any]) -> int | None:
-    names = entry.get("class_names")
-    return len(names) if isinstance(names, list) else None
+@check("robust-le-clean", "robust accuracy is at most clean accuracy")
+def _robust_le_clean(view: ModelView) -> Check:
+    return robust_le_clean(view.rows, view.model)
 
 
-def _attacked_epoch(entry: dict[str, Any]) -> int | None:
-    """The epoch whose weights the sweep attacked, when the manifest tells: `epoch`, or weights "last".
+@check("monotone-eps", "accuracy does not rise with eps")
+def _monotone_eps(view: ModelView) -> Check:
+    return monotone_in_eps(view.rows, view.model)
 
-    With weights "best" (robust validation accuracy's best epoch) a collapsed epoch is never attacked.
-    """
-    if isinstance(entry.get("epoch"), int):
-        return entry["epoch"]
-    log = entry.get("training_metrics")
-    if entry.get("weights") == "last" and isinstance(log, list) and log and isinstance(log[-1], dict):
-        epoch = log[-1].get("epoch")
-        return epoch if isinstance(epoch, int) else None
-    return None
+
+@check("iterative-vs-single-step", "iterative attacks are at least as strong as FGSM")
+def _iterative_vs_single_step(view: ModelView) -> Check:
+    return iterative_beats_single_step(view.rows, view.model)
+
+
+@check("steps-restarts", "more steps or restarts change little")
+def _steps_restarts(view: ModelView) -> Check:
+    return steps_restarts_converged(view.rows, view.model)
+
+
+@check("black-box-vs-white-box", "black-box attacks are not stronger than white-box ones")
+def _black_box_vs_white_box(view: ModelView) -> Check:
+    return black_box_not_stronger(view.rows, view.model)
+
+
+@check("certified-le-attacked", "certified accuracy (a lower bound) is at most every attack's (upper bounds)")
+def _certified_le_attacked(view: ModelView) -> Check:
+    return certified_le_attacked(view.rows, view.model)
+
+
+@check("large-eps", "accuracy is near zero at a very large eps")
+def _large_eps(view: ModelView) -> Check:
+    return large_eps_near_zero(view.rows, view.model, view.entry.image_size)
+
+
+@check("catastrophic-overfitting", "no catastrophic overfitting in training")
+def _catastrophic_overfitting(view: ModelView) -> Check:
+    entry = view.entry
+    return catastrophic_overfitting(
+        entry.training_metrics, view.model, entry.method, entry.attacked_epoch, entry.eps_warmup, entry.method_traits
+    )
+
+
+@check("trained-attack-gap", "no attack is far weaker than a stronger one at the training eps")
+def _trained_attack_gap(view: ModelView) -> Check:
+    entry = view.entry
+    reference = entry.headline.reference_eps if entry.headline is not None else None
+    return trained_attack_gap(
+        view.rows, view.model, entry.method, entry.trained_against, reference, entry.method_traits
+    )
+
+
+@check("smoothing-noise-trained", "randomized smoothing runs on a model trained with its noise")
+def _smoothing_noise_trained(view: ModelView) -> Check:
+    entry = view.entry
+    return smoothing_noise_trained(view.rows, view.model, entry.method, entry.noise_sigma, entry.method_traits)
+
+
+def titles() -> dict[str, str]:
+    """Every registered check's one-line claim, by name, in the report's order."""
+    return {registered.name: registered.title for registered in CHECKS.entries()}
 
 
 def counts(checks: list[Check]) -> dict[str, int]:

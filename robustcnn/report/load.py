@@ -17,10 +17,19 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.errors import UsageError
-from robustcnn.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, HeadlineEps, csv_value, wilson_interval
+from robustcnn.results import (
+    COLUMNS,
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    Manifest,
+    ModelEntry,
+    RowKind,
+    csv_value,
+    wilson_interval,
+)
 from robustcnn.threat import parse_eps
 
-KINDS = ("clean", "attack", "worst-case", "probe", "certified", "smoothed")
+KINDS = tuple(kind.value for kind in RowKind)
 REQUIRED = ("model", "kind", "attack", "eps", "n", "n_correct", "accuracy")  # the report cannot guess these
 NUMERIC = ("eps", "scale", "n", "n_correct", "accuracy", "ci_low", "ci_high", "target_success", "seconds")
 _MISSING = {"", "nan", "na", "none", "null"}  # cells that mean "no value" (pandas writes NaN as "")
@@ -32,8 +41,8 @@ _NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": "2", "2.0": "2", "l2
 class SweepData:
     out_dir: Path  # the sweep directory
     results: pd.DataFrame  # normalised results.csv: one row per (model, attack, eps-or-scale)
-    manifest: dict[str, Any]  # manifest.json, {} when the directory has none
-    models: dict[str, dict[str, Any]]  # manifest model entries by id, in results order
+    manifest: Manifest | None  # manifest.json, None when the directory has none
+    models: dict[str, ModelEntry]  # manifest model entries by id, in results order (defaults where it has none)
 
     @property
     def model_ids(self) -> list[str]:
@@ -146,48 +155,53 @@ def _check_eps(frame: pd.DataFrame, source: str) -> None:
         raise UsageError(f"{source} row {row + 2}: eps is empty on a {frame['kind'].iloc[row]} row (only patch rows)")
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The sweep's provenance. A missing file is allowed (old results): the report says so."""
+def read_manifest(path: Path) -> Manifest | None:
+    """The sweep's provenance. A missing file is allowed (old results): None, and the report says so."""
     if not path.exists():
-        return {}
+        return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"{path} is not valid JSON ({error}); re-run the sweep to rewrite it") from None
     if not isinstance(manifest, dict):
         raise UsageError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
-    return manifest
+    return as_manifest(manifest)
 
 
-def model_entries(manifest: dict[str, Any], results: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Manifest entries by model id (a list with "id" or a dict by id), for every model in the results."""
-    raw = manifest.get("models", [])
+def as_manifest(data: Manifest | dict[str, Any] | None) -> Manifest | None:
+    """A manifest as the report reads it: a `Manifest`, or one read from manifest.json's object (any version)."""
+    if data is None or isinstance(data, Manifest):
+        return data
+    raw = data.get("models", [])
     if isinstance(raw, dict):
         raw = [{"id": key, **value} if isinstance(value, dict) else value for key, value in raw.items()]
     if not isinstance(raw, list) or not all(isinstance(e, dict) and "id" in e for e in raw):
         raise UsageError(f"{MANIFEST_FILE}: 'models' must be a list of objects with an 'id'; got {_short(raw)}")
-    by_id = {str(entry["id"]): entry for entry in raw}
-    return {model: by_id.get(model, {}) for model in pd.unique(results["model"])}
+    return Manifest.from_json(data)
 
 
-def reference_eps(manifest: dict[str, Any], entry: dict[str, Any], norm: str) -> float | None:
+def model_entries(manifest: Manifest | None, results: pd.DataFrame) -> dict[str, ModelEntry]:
+    """Manifest entries by model id, for every model in the results (one with every default where it has none)."""
+    by_id = {entry.id: entry for entry in manifest.models} if manifest is not None else {}
+    return {model: by_id.get(model) or ModelEntry(id=model) for model in pd.unique(results["model"])}
+
+
+def reference_eps(manifest: Manifest | None, entry: ModelEntry, norm: str) -> float | None:
     """The eps the headline reports for `norm`: what the sweep decided (`HeadlineEps` in the model's entry).
 
     Sweeps made before it decided: the suite's `reference_eps` (one number or a table by norm), else the
     model's threat model eps for its own norm; None when neither applies (the headline then says so).
     """
-    decided = HeadlineEps.from_entry(entry)
-    if decided is not None:
-        return decided.reference_eps.get(norm)
-    suite = manifest.get("suite")
-    given = suite.get("reference_eps") if isinstance(suite, dict) else None
+    if entry.headline is not None:
+        return entry.headline.reference_eps.get(norm)
+    given = manifest.suite.get("reference_eps") if manifest is not None else None
     if isinstance(given, dict):
         given = {_NORMS.get(str(k).lower(), str(k)): v for k, v in given.items()}.get(norm)
     value = _eps_or_none(given)
     if value is not None:
         return value
-    threat = entry.get("threat_model")
-    if isinstance(threat, dict) and norm in ("", _NORMS.get(str(threat.get("norm", "")).lower(), "")):
+    threat = entry.threat_model
+    if threat is not None and norm in ("", _NORMS.get(str(threat.get("norm", "")).lower(), "")):
         return _eps_or_none(threat.get("eps"))
     return None
 

@@ -14,12 +14,12 @@ from markupsafe import Markup
 
 from robustcnn.report import images
 from robustcnn.report.bracket import bracket
-from robustcnn.report.checks import DOCS, SEVERITY, TITLES, Check, Status, counts
+from robustcnn.report.checks import DOCS, SEVERITY, Check, Status, counts, titles
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
 from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, swatch
 from robustcnn.report.tables import Headline, markdown_table
-from robustcnn.results import gallery_file, patch_file
+from robustcnn.results import ModelEntry, RowKind, gallery_file, patch_file
 
 CHECKS_FORMAT = "robustcnn-checks/1"
 PROVENANCE = ("status", "message", "seed", "n", "mode", "device", "batch_size", "git_sha", "started", "finished",
@@ -59,7 +59,7 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "headline": table,
         "checks": sorted(checks, key=lambda c: -SEVERITY[c.status]),  # problems first; stable within a status
         "counts": counts(checks),
-        "titles": TITLES,
+        "titles": titles(),
         "docs": DOCS,
         "curves": eps_figures(data, styles),
         "worst": worst_figure(data, styles),
@@ -72,21 +72,17 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "rows": result_rows(data.results),
         "format_eps": format_eps,
         "swatch": swatch,
-        "has_manifest": bool(data.manifest),
+        "has_manifest": data.manifest is not None,
     }
 
 
 def _suite_field(data: SweepData, key: str) -> Any:
-    suite = data.manifest.get("suite")
-    return suite.get(key) if isinstance(suite, dict) else None
+    return data.manifest.suite.get(key) if data.manifest is not None else None
 
 
 def suite_name(data: SweepData) -> str:
-    suite = data.manifest.get("suite")
-    if isinstance(suite, dict) and suite.get("name"):
-        return str(suite["name"])
-    if isinstance(suite, str) and suite:
-        return suite
+    if _suite_field(data, "name"):
+        return str(_suite_field(data, "name"))
     names = sorted(set(data.results["suite"]) - {""})
     return ", ".join(names) if names else data.out_dir.name
 
@@ -105,7 +101,7 @@ def _shared_reference(data: SweepData, norm: str) -> float | None:
 
 def eps_figures(data: SweepData, styles: dict) -> list[dict[str, Any]]:
     """One accuracy-vs-eps figure per attack, every model overlaid with its 95% band."""
-    rows = data.results[(data.results["kind"] == "attack") & ~data.results["is_patch"]]
+    rows = data.results[(data.results["kind"] == RowKind.ATTACK.value) & ~data.results["is_patch"]]
     figures = []
     for i, (attack, group) in enumerate(rows.groupby("attack", sort=False)):
         first = group.iloc[0]
@@ -133,7 +129,7 @@ def _norm_label(norm: str) -> str:
 
 def worst_figure(data: SweepData, styles: dict) -> Markup | None:
     """One panel per threat model (the sweep keeps Linf and L2 worst cases apart)."""
-    rows = data.results[data.results["kind"] == "worst-case"]
+    rows = data.results[data.results["kind"] == RowKind.WORST_CASE.value]
     if rows.empty:
         return None
     panels = []
@@ -176,10 +172,10 @@ def bracket_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
 def smoothing_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
     """Randomized smoothing, apart from the rest: certified accuracy of each model's *smoothed* classifier
     against the L2 radius, one panel per smoothing entry, beside the model's own clean accuracy."""
-    rows = data.results[data.results["kind"] == "smoothed"]
+    rows = data.results[data.results["kind"] == RowKind.SMOOTHED.value]
     if rows.empty:
         return None
-    clean = data.results[data.results["kind"] == "clean"].groupby("model")["accuracy"].last()
+    clean = data.results[data.results["kind"] == RowKind.CLEAN.value].groupby("model")["accuracy"].last()
     panels, table = [], []
     for name, group in rows.groupby("attack", sort=False):
         by_model = list(group.groupby("model", sort=False))
@@ -203,7 +199,7 @@ def smoothing_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:
     """Per patch attack: accuracy and target success against patch scale, and each model's patch."""
-    rows = data.results[(data.results["kind"] == "attack") & data.results["is_patch"]]
+    rows = data.results[(data.results["kind"] == RowKind.ATTACK.value) & data.results["is_patch"]]
     sections = []
     for i, (attack, group) in enumerate(rows.groupby("attack", sort=False)):
         by_model = list(group.groupby("model", sort=False))
@@ -231,14 +227,13 @@ def _patch_picture(data: SweepData, model: str, attack: str) -> str | None:
 def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
     found = []
     for model in data.model_ids:
-        names = data.models[model].get("class_names")
-        names = [str(n) for n in names] if isinstance(names, list) else []
+        names = list(data.models[model].class_names or ())
         found.append((model, images.load_gallery(data.out_dir / gallery_file(model), names)))
     return found
 
 
 def training_figure(data: SweepData, styles: dict) -> dict[str, Any] | None:
-    logs = {m: pd.DataFrame(e["training_metrics"]) for m, e in data.models.items() if _has_log(e)}
+    logs = {m: pd.DataFrame(e.training_metrics) for m, e in data.models.items() if e.training_metrics}
     if not logs:
         return None
     panels = []
@@ -252,11 +247,6 @@ def training_figure(data: SweepData, styles: dict) -> dict[str, Any] | None:
         ylabel = "accuracy" if fraction else "loss"
         panels.append(Panel(curves, "epoch", ylabel, title, percent=fraction, integer_x=True))
     return {"svg": figure_svg(panels, styles, "training", columns=2), "models": list(logs), "tables": _schedule(logs)}
-
-
-def _has_log(entry: dict) -> bool:
-    log = entry.get("training_metrics")
-    return isinstance(log, list) and bool(log) and all(isinstance(r, dict) for r in log)
 
 
 def _num(column: pd.Series) -> np.ndarray:
@@ -281,7 +271,7 @@ def _schedule(logs: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
 
 
 def reproducibility(data: SweepData) -> dict[str, Any]:
-    manifest = data.manifest
+    manifest = data.manifest.to_json() if data.manifest is not None else {}  # as written, older fields too
     command = manifest.get("command", "")
     if isinstance(command, list):
         command = shlex.join(str(part) for part in command)
@@ -313,31 +303,30 @@ def _pairs(value: Any) -> list[tuple[str, str]]:
 def _model_row(data: SweepData, model: str) -> dict[str, str]:
     entry = data.models[model]
     rows = data.results[data.results["model"] == model].iloc[0]
-    dataset = entry.get("dataset", rows["dataset"])
-    threat = entry.get("threat_model")
-    if isinstance(threat, dict):
+    threat = entry.threat_model
+    if threat is not None:
         threat = f"{_norm_label(str(threat.get('norm', '')))} eps {format_eps(threat.get('eps'))}"
     return {
         "model": model,
-        "path": _plain(entry.get("path", "")),
-        "sha256": _plain(entry.get("sha256") or rows["checkpoint_sha256"]),
-        "dataset": _plain(dataset.get("name", dataset) if isinstance(dataset, dict) else dataset),
-        "arch": _plain(entry.get("arch", rows["arch"])),
+        "path": _plain(entry.path),
+        "sha256": _plain(entry.sha256 or rows["checkpoint_sha256"]),
+        "dataset": _plain(entry.dataset or rows["dataset"]),
+        "arch": _plain(entry.arch or rows["arch"]),
         "method": _plain(_method(entry, rows["train_method"])),
-        "preprocessing": _plain(entry.get("preprocessing_label") or rows.get("preprocessing") or "-"),
+        "preprocessing": _plain(entry.preprocessing_label or rows.get("preprocessing") or "-"),
         "threat": _plain(threat or "-"),
     }
 
 
-def _method(entry: dict, fallback: str) -> str:
+def _method(entry: ModelEntry, fallback: str) -> str:
     """The training method, with the training guard's verdict when the run did not simply finish."""
-    method = entry.get("method", fallback) or "-"
-    status = entry.get("training_status")
+    method = entry.method or fallback or "-"
+    status = entry.training_status
     return f"{method} ({status})" if status in ("not-robust", "stopped-early") else method
 
 
 def _seconds(results: pd.DataFrame) -> list[tuple[str, str]]:
-    times = results[results["kind"] == "attack"].groupby("attack", sort=False)["seconds"].sum(min_count=1)
+    times = results[results["kind"] == RowKind.ATTACK.value].groupby("attack", sort=False)["seconds"].sum(min_count=1)
     return [(attack, f"{s:.1f}") for attack, s in times.items() if not np.isnan(s)]
 
 
@@ -348,8 +337,10 @@ def result_rows(results: pd.DataFrame) -> list[dict[str, str]]:
         rows.append(
             {
                 "model": r["model"],
-                "attack": r["attack"] + (" (probe)" if r["kind"] == "probe" else ""),
-                "norm": _norm_label(r["norm"]) if r["kind"] in ("attack", "probe") and r["norm"] else "",
+                "attack": r["attack"] + (" (probe)" if r["kind"] == RowKind.PROBE.value else ""),
+                "norm": _norm_label(r["norm"])
+                if r["kind"] in (RowKind.ATTACK.value, RowKind.PROBE.value) and r["norm"]
+                else "",
                 "at": f"scale {format_eps(r['scale'])}" if r["is_patch"] else format_eps(r["eps"]),
                 "n": "-" if np.isnan(r["n"]) else f"{r['n']:.0f}",
                 "accuracy": pct(r),

@@ -9,16 +9,15 @@ the middle of the attack's eps grid, which the table then marks.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import pandas as pd
 
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import reference_eps
-from robustcnn.results import HeadlineEps
+from robustcnn.results import Manifest, ModelEntry, RowKind
 
-WORST = "worst-case"
-CERTIFIED = "certified"
+WORST = RowKind.WORST_CASE.value
+CERTIFIED = RowKind.CERTIFIED.value
 
 
 @dataclass(frozen=True)
@@ -63,18 +62,19 @@ class Headline:
 HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accuracy", "ci_low", "ci_high"]
 
 
-def headline(results: pd.DataFrame, models: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> Headline:
+def headline(results: pd.DataFrame, models: dict[str, ModelEntry], manifest: Manifest | None) -> Headline:
     results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
-    attacked = results[results["kind"].isin(("attack", CERTIFIED, WORST)) & ~results["is_patch"]]  # not the probes
-    names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == "attack", "attack"]).tolist()]
+    kinds = (RowKind.ATTACK.value, CERTIFIED, WORST)  # not the probes
+    attacked = results[results["kind"].isin(kinds) & ~results["is_patch"]]
+    names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == RowKind.ATTACK.value, "attack"]).tolist()]
     proofs = pd.unique(attacked.loc[attacked["kind"] == CERTIFIED, "attack"]).tolist()  # lower bounds, not attacks
     worst = pd.unique(attacked.loc[attacked["kind"] == WORST, "attack"]).tolist()  # one per norm
     names += proofs + worst
-    clean = dict(tuple(results[results["kind"] == "clean"].groupby("model", sort=False)))
+    clean = dict(tuple(results[results["kind"] == RowKind.CLEAN.value].groupby("model", sort=False)))
     curves = dict(tuple(attacked.groupby(["model", "attack"], sort=False)))
     rows = []
     for model in pd.unique(results["model"]):
-        entry = models.get(model, {})
+        entry = models.get(model) or ModelEntry(id=model)
         cells = [
             _clean_cell(clean.get(model))
             if name == "clean"
@@ -91,13 +91,13 @@ def _clean_cell(rows: pd.DataFrame | None) -> Cell | None:
     return None if rows is None else _from_row(rows.iloc[-1], None)
 
 
-def _attack_cell(rows: pd.DataFrame | None, name: str, entry: dict, manifest: dict) -> Cell | None:
+def _attack_cell(rows: pd.DataFrame | None, name: str, entry: ModelEntry, manifest: Manifest | None) -> Cell | None:
     """The row at the eps the sweep chose for this column; for older sweeps the grid eps closest to the
     reference eps (a tie goes to the larger, harder eps), or the middle of the grid, marked as guessed."""
     if rows is None:
         return None
     grid = sorted(rows["eps"].unique())
-    decided = HeadlineEps.from_entry(entry)
+    decided = entry.headline
     if decided is not None and name in decided.attack_eps:
         eps, guessed = min(grid, key=lambda e: abs(e - decided.attack_eps[name])), False
     else:

@@ -116,11 +116,11 @@ def _summarise(out: str, with_report: bool) -> None:
 
     from robustcnn.report import summary_table, write_report
     from robustcnn.report.__main__ import show
-    from robustcnn.results import MANIFEST_FILE
+    from robustcnn.results import MANIFEST_FILE, Manifest
 
-    manifest = json.loads((Path(out) / MANIFEST_FILE).read_text())
-    if manifest["status"] == "partial":  # a shard that finished before the others
-        print(f"{out}\tpartial\t{manifest['message']}")
+    manifest = Manifest.from_json(json.loads((Path(out) / MANIFEST_FILE).read_text()))
+    if manifest.status == "partial":  # a shard that finished before the others
+        print(f"{out}\tpartial\t{manifest.message}")
         return
 
     if with_report:

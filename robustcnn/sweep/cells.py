@@ -1,7 +1,8 @@
 """The work of one cell, as pure functions of (model, attack, images, eps, which examples to attack).
 
-No files, no caching, no rows: `ChainRunner` (chains.py) decides which examples each cell attacks, seeds it,
-and keeps what it returns. So a cell computes the same in this process or in any other (a Ray task, a shard).
+No files, no caching, no rows: each attack kind (kinds/) decides which examples each cell attacks, and
+`ChainRunner` (chains.py) seeds it and keeps what it returns. So a cell computes the same in this process or in
+any other (a Ray task, a shard).
 Every function takes x (n, C, H, W) float32 in [0, 1] and y (n,) true labels and returns per-example flags:
 True where the example is still classified correctly.
 """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from robustcnn.errors import UsageError
+from robustcnn.results import RowKind
 from robustcnn.threat import parse_eps
 
 _GATE = re.compile(r"^(?P<attack>[^@=\s]+)(?:@(?P<eps>[^=\s]+))?=(?P<acc>[^=\s]+)$")
@@ -42,7 +43,8 @@ def parse_gate(text: str) -> Gate:
 
 
 def _matches(rows: pd.DataFrame, gate: Gate) -> pd.DataFrame:
-    chosen = rows[(rows["attack"] == gate.attack) & (rows["kind"] != "probe")]  # probes: a few examples, checks only
+    probes = rows["kind"] == RowKind.PROBE.value  # a few examples, for the checks only
+    chosen = rows[(rows["attack"] == gate.attack) & ~probes]
     if gate.eps is not None:
         chosen = chosen[chosen["eps"].astype(float).sub(gate.eps).abs() < 1e-6]
     return chosen

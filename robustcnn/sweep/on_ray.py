@@ -49,6 +49,7 @@ from robustcnn.console import say
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError, last_line
 from robustcnn.fileio import library_versions
+from robustcnn.results import RowKind
 from robustcnn.sweep.chains import Chain, ChainRunner, Done
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import NUMBERS, BadCell, Cell, Expected, MemoryStore
@@ -82,7 +83,7 @@ class Payload:
     """What a task needs of a model besides its chain: put in the object store once per model."""
 
     subject: Subject  # without its ART wrapper (rebuilt on the task's device)
-    patch_images: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    handed: dict[tuple[str, str], Any]  # (model id, attack name) -> its kind's `ray_payload` (the patch's images)
 
 
 # --- connecting ---------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class _Lost:
 @dataclass(frozen=True)
 class _Planned:
     spec: AttackSpec
-    kind: str  # the rows' kind: attack | probe | certified | smoothed
+    row_kind: RowKind  # what its rows are: attack, probe, certified or smoothed
     expected: Expected
 
 
@@ -240,17 +241,19 @@ class _Tasks:
         self.pending: dict[int, set[str]] = {}  # chain index -> keys of its cells the running task still owes
         self.attempts: dict[int, int] = {}
         self.active: dict[Any, Chain] = {}  # the task's generator -> its chain
-        self.where: list[dict[str, Any]] = sweep.manifest.setdefault("ray_tasks", [])
+        if sweep.manifest.ray_tasks is None:
+            sweep.manifest.ray_tasks = []
+        self.where: list[dict[str, Any]] = sweep.manifest.ray_tasks
         for chain in chains:
             self._submit(chain)
 
     def _payload(self, subject: Subject) -> Payload:
-        patches = {
-            (subject.id, spec.name): self.sweep.patch_training_images(subject, spec)
-            for spec in self.sweep.suite.attacks
-            if spec.kind == "patch"
-        }
-        return Payload(dataclasses.replace(subject, target=None, checks=[]), patches)
+        handed = {}
+        for spec in self.sweep.suite.attacks:
+            data = spec.kind.ray_payload(self.sweep, subject, spec)
+            if data is not None:
+                handed[subject.id, spec.name] = data
+        return Payload(dataclasses.replace(subject, target=None, checks=[]), handed)
 
     def _submit(self, chain: Chain) -> None:
         self.attempts[chain.index] = self.attempts.get(chain.index, 0) + 1
@@ -316,7 +319,7 @@ class _Tasks:
         cell = _cell(header, arrays, planned[0].expected)
         self.pending[chain.index].discard(key)
         for entry in planned:  # two attacks with the same settings share a cell
-            self.sweep.accept(chain.subject, Done(entry.spec, entry.kind, key, cell))
+            self.sweep.accept(chain.subject, Done(entry.spec, entry.row_kind, key, cell))
 
     def _retry(self, chain: Chain, reason: str) -> None:
         if self.attempts[chain.index] >= MAX_ATTEMPTS:
@@ -371,7 +374,7 @@ def _plans(sweep, chains: list[Chain]) -> dict[int, dict[str, list[_Planned]]]:
         plan = plans[chain.index] = {}
         for done in runner.done.get(chain.subject.id, []):
             if done.spec is not None and done.spec.name in chain.names:
-                plan.setdefault(done.key, []).append(_Planned(done.spec, done.kind, store.expected[done.key]))
+                plan.setdefault(done.key, []).append(_Planned(done.spec, done.row_kind, store.expected[done.key]))
     return plans
 
 
@@ -582,7 +585,7 @@ def _chain_items(payload, names, known, config, suite, grids, versions) -> Itera
         config, suite, {subject.id: grids}, MemoryStore(known), versions,
         on_computed=lambda _, done: cells.put(_pack_cell(done.key, done.cell)),
     )  # fmt: skip
-    runner.patch_images = {k: (x.copy(), y.copy()) for k, (x, y) in payload.patch_images.items()}  # writable
+    runner.handed = dict(payload.handed)
     chain = Chain(subject, tuple(spec for spec in suite.attacks if spec.name in names), 0)
     worker = threading.Thread(target=_run, args=(runner, chain, cells), daemon=True)
     worker.start()  # a thread, so cells can be yielded while the chain is still at work

@@ -35,9 +35,12 @@ from robustcnn.results import (
     MANIFEST_FILE,
     RESULTS_FILE,
     HeadlineEps,
+    Manifest,
+    ModelEntry,
+    RowKind,
+    Status,
     chance_level,
     gallery_file,
-    patch_file,
     results_csv,
     wilson_interval,
 )
@@ -136,11 +139,11 @@ class Sweep(ChainRunner):
         return results
 
     def _finish(self, subject: Subject) -> None:
-        """What a model gets once all its cells are done: the gallery and the patch images."""
+        """What a model gets once all its cells are done: the gallery and what each kind leaves (the patch images)."""
         x, y, correct = self.inputs[subject.id]
         for done in self.done[subject.id]:
-            if done.spec is not None and done.spec.kind == "patch":
-                self._save_patch_png(subject, done.spec, done.cell.extra["patch"])
+            if done.spec is not None:
+                done.spec.kind.after(self.out, subject, done.spec, done.cell)
         if self.config.gallery:
             self._gallery(subject, x, y, correct)
 
@@ -161,20 +164,10 @@ class Sweep(ChainRunner):
         self.written_at = time.perf_counter()
         self.write_seconds = self.written_at - started
 
-    def _save_patch_png(self, subject: Subject, spec: AttackSpec, patch: np.ndarray) -> None:
-        from PIL import Image
-
-        from robustcnn.fileio import atomic_path
-
-        path = self.out / patch_file(subject.id, spec.name)
-        path.parent.mkdir(exist_ok=True)
-        pixels = (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)  # (C, H, W)
-        image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
-        with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG")
-
     # --- rows, worst case, results.csv ---------------------------------------------------------
-    def _row(self, subject: Subject, spec: AttackSpec | None, kind: str, flags: np.ndarray, key: str, **values) -> dict:
+    def _row(
+        self, subject: Subject, spec: AttackSpec | None, row_kind: RowKind, flags: np.ndarray, key: str, **values
+    ) -> dict:
         """One results.csv row: the numbers of a cell, described by the current sweep (model id, suite, seed)."""
         n, n_correct = len(flags), int(flags.sum())
         low, high = wilson_interval(n_correct, n)
@@ -185,7 +178,7 @@ class Sweep(ChainRunner):
             "arch": subject.card.arch,
             "train_method": subject.card.method,
             "preprocessing": subject.card.preprocessing,
-            "kind": kind,
+            "kind": row_kind.value,
             "attack": spec.name if spec else "clean",
             "attack_type": spec.type if spec else "",
             "box": spec.attack_class.box if spec else "none",
@@ -207,7 +200,7 @@ class Sweep(ChainRunner):
 
     def _rows(self, subject: Subject, done: Done) -> list[dict]:
         values = zip(done.cell.values, done.cell.flags, strict=True)
-        return [self._row(subject, done.spec, done.kind, flags, done.key, **v) for v, flags in values]
+        return [self._row(subject, done.spec, done.row_kind, flags, done.key, **v) for v, flags in values]
 
     def _worst_case(self, subject: Subject, correct: np.ndarray) -> list[dict]:
         """Per norm and eps: robust only if no attack broke the example at any eps up to this one (balls nest)."""
@@ -218,7 +211,7 @@ class Sweep(ChainRunner):
             for eps in sorted({eps for _, eps, _ in mine}):
                 within = [(name, flags) for name, e, flags in mine if e <= eps + EPS_TOLERANCE]
                 flags = np.logical_and.reduce([correct, *(f for _, f in within)])
-                row = self._row(subject, None, "worst-case", flags, "", eps=eps)
+                row = self._row(subject, None, RowKind.WORST_CASE, flags, "", eps=eps)
                 names = list(dict.fromkeys(name for name, _ in within))
                 row.update(attack=worst_case_name(norm), norm=norm, params=json.dumps({"attacks": names}))
                 rows.append(row)
@@ -226,10 +219,10 @@ class Sweep(ChainRunner):
 
     def _probe_clean(self, subject: Subject, correct: np.ndarray) -> list[dict]:
         """The clean row of the probe's examples, which the probe rows are compared with."""
-        if not any(done.kind == "probe" for done in self.done[subject.id]):
+        if not any(done.row_kind is RowKind.PROBE for done in self.done[subject.id]):
             return []
         size = min(self.config.probe, len(correct))
-        return [self._row(subject, None, "probe", correct[:size], "", eps=0.0)]
+        return [self._row(subject, None, RowKind.PROBE, correct[:size], "", eps=0.0)]
 
     def _complete(self, subject: Subject) -> bool:
         return len(self.done.get(subject.id, [])) == self._cell_count(subject)
@@ -253,10 +246,10 @@ class Sweep(ChainRunner):
         x = subject.data.images(slice(0, 64)).to(subject.target.device)
         y = subject.data.y[:64].to(subject.target.device)
         checks = model_checks(subject.model, x, y) + subject.checks
-        self._model_entry(subject)["model_checks"] = checks
+        self.manifest.replace_entry(dataclasses.replace(self.manifest.entry(subject.id), model_checks=tuple(checks)))
         for check in checks:
-            if check["status"] != "pass":
-                say(f"{subject.id}: model check {check['name']}: {check['status']}: {check['message']}")
+            if check.status is not Status.PASS:
+                say(f"{subject.id}: model check {check.name}: {check.status.value}: {check.message}")
 
     def _gallery(self, subject: Subject, x: np.ndarray, y: np.ndarray, correct: np.ndarray) -> None:
         """A few adversarial examples of the strongest white-box eps attack, at its headline eps."""
@@ -290,7 +283,7 @@ class Sweep(ChainRunner):
         best = None
         for done in self.done[subject.id]:
             spec = done.spec
-            if done.kind != "attack" or spec.kind != "bounded" or spec.attack_class.box != "white":
+            if done.row_kind is not RowKind.ATTACK or not spec.kind.in_gallery(spec):
                 continue
             eps = self.headline[subject.id].attack_eps[spec.name]
             if abs(done.cell.values[0]["eps"] - eps) > EPS_TOLERANCE:
@@ -300,61 +293,55 @@ class Sweep(ChainRunner):
                 best = (accuracy, spec, eps)
         return None if best is None else best[1:]
 
-    def _model_entry(self, subject: Subject) -> dict[str, Any]:
-        return next(m for m in self.manifest["models"] if m["id"] == subject.id)
-
-    def _manifest(self) -> dict[str, Any]:
-        return {
-            "format": "robustcnn-sweep/1",
-            "status": "running",
-            "message": "",
-            "command": command_line(),
-            "config": {k: v for k, v in self.config.__dict__.items()},
-            "suite": self.suite.to_dict(),
-            "seed": self.config.seed,
-            "mode": "naive" if self.config.naive else "nested",
-            "device": f"{self.config.device} in Ray tasks" if self.config.ray else str(self.subjects[0].target.device),
-            "batch_size": self._batch_size(),
-            "shard": self.config.shard,
-            "versions": library_versions(),
-            "git_sha": git_sha(),
-            "machine": machine(),
-            "started": _now(),
-            "repeat": repeat_command(self.config, self.subjects),
-            "models": [self._describe(s) for s in self.subjects],
-        }
+    def _manifest(self) -> Manifest:
+        return Manifest(
+            status="running",
+            command=command_line(),
+            config=dict(self.config.__dict__),
+            suite=self.suite.to_dict(),
+            seed=self.config.seed,
+            mode="naive" if self.config.naive else "nested",
+            device=f"{self.config.device} in Ray tasks" if self.config.ray else str(self.subjects[0].target.device),
+            batch_size=self._batch_size(),
+            shard=self.config.shard,
+            versions=library_versions(),
+            git_sha=git_sha(),
+            machine=machine(),
+            started=_now(),
+            repeat=repeat_command(self.config, self.subjects),
+            models=[self._describe(s) for s in self.subjects],
+        )
 
     def _batch_size(self) -> int | str:
         if self.config.ray and not self.config.batch_size:
             return "each task's device default (1024 on a GPU, 128 on a CPU)"
         return self.subjects[0].target.batch_size
 
-    def _describe(self, subject: Subject) -> dict[str, Any]:
-        return {
-            "id": subject.id,
-            **subject.card.entry,
-            "preprocessing_label": subject.card.preprocessing,
-            "dataset": subject.info.name,
-            "threat_model": subject.info.threat_model.to_dict(),
-            "class_names": list(subject.info.class_names),
-            "shape": list(subject.info.shape),
-            "n": len(subject.subset),
-            "grids": {name: list(grid) for name, grid in self.grids[subject.id].items()},
-            **self.headline[subject.id].to_dict(),
-        }
+    def _describe(self, subject: Subject) -> ModelEntry:
+        """The model's entry: what its card says (subjects.py), and what this sweep adds."""
+        return dataclasses.replace(
+            subject.card.entry,
+            preprocessing_label=subject.card.preprocessing,
+            dataset=subject.info.name,
+            threat_model=subject.info.threat_model.to_dict(),
+            class_names=tuple(subject.info.class_names),
+            shape=tuple(subject.info.shape),
+            n=len(subject.subset),
+            grids={name: list(grid) for name, grid in self.grids[subject.id].items()},
+            headline=self.headline[subject.id],
+        )
 
     def _write_manifest(self, status: str, message: str) -> None:
-        self.manifest.update(
-            status=status, message=message, finished=_now(), seconds=round(time.perf_counter() - self.started, 2)
-        )
-        write_json(self.out / MANIFEST_FILE, self.manifest)
+        self.manifest.status, self.manifest.message = status, message
+        self.manifest.finished, self.manifest.seconds = _now(), round(time.perf_counter() - self.started, 2)
+        write_json(self.out / MANIFEST_FILE, self.manifest.to_json())
 
     def mode_label(self) -> str:
         mode = "naive: every example at every eps" if self.config.naive else "nested: survivors only"
         return mode + (", cascade over attacks" if self.suite.cascade and not self.config.naive else "")
 
     def write_manifest_start(self) -> None:
-        write_json(self.out / MANIFEST_FILE, self.manifest)
+        write_json(self.out / MANIFEST_FILE, self.manifest.to_json())
 
 
 PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
@@ -371,7 +358,7 @@ def headline_eps(suite: Suite, info, grids: dict[str, tuple[float, ...]]) -> Hea
     reference, at = {}, {}
     union: dict[str, set[float]] = {}
     for spec in suite.attacks:
-        if spec.kind == "patch":
+        if not spec.kind.has_eps:  # the patch: scales
             continue
         norm = spec.norm.value
         reference[norm] = suite.reference(spec.norm, info)
@@ -388,7 +375,7 @@ def _closest(grid, target: float) -> float:
 
 def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
     """The command line that runs this sweep again (None when a model was a Python object, not a spec)."""
-    specs = [subject.card.entry.get("repeat_spec") for subject in subjects]
+    specs = [subject.card.entry.repeat_spec for subject in subjects]
     if None in specs:
         return None
     words = ["python", "-m", "robustcnn.sweep", *specs]
@@ -435,8 +422,7 @@ def plan_grids(subjects: list[Subject], suite: Suite) -> dict[str, dict[str, tup
             for spec in suite.attacks:
                 spec.check_data(subject.info)
                 attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)  # its own checks
-                if spec.kind == "certified":
-                    attack.check_model()
+                attack.check_model()
         except UsageError as error:
             raise UsageError(f"{suite.path}: model {subject.id!r}: {error}") from None
     return grids

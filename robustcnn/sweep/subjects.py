@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.fileio import sha256_file
 from robustcnn.models.external import SPEC_FORMS, Model, build_external, loader_for, parse_spec
+from robustcnn.results import RUN, Check, ModelEntry, Status
 from robustcnn.runs import Run, load_run
 from robustcnn.sweep.config import SweepConfig
-from robustcnn.sweep.model_checks import require_fit, result
+from robustcnn.sweep.model_checks import require_fit
 
 IN_MODEL = "in-model"  # the preprocessing column of robustcnn's own models: they normalise inside
 
@@ -43,7 +44,7 @@ class Card:
     arch: str  # architecture name, or the spec of a model from elsewhere
     method: str  # training method when robustcnn trained the model, else ""
     preprocessing: str  # results.csv's column: "in-model", or what was applied (e.g. "imagenet range=0-255")
-    entry: dict[str, Any]  # the manifest's fields for this model
+    entry: ModelEntry  # what the manifest says about it (the sweep adds its own fields: runner.py)
     run: Run | None = None
 
 
@@ -56,7 +57,7 @@ class Subject:
     data: ImageSet  # the n test images
     subset: np.ndarray  # their indices in the test split
     target: Target
-    checks: list[dict[str, Any]] = field(default_factory=list)  # said about the model before any attack
+    checks: list[Check] = field(default_factory=list)  # said about the model before any attack
 
     @property
     def sha256(self) -> str:
@@ -151,7 +152,7 @@ def load_subjects(models: list, config: SweepConfig, n_default: int | None, devi
     subjects = []
     for model, name in zip(models, ids, strict=True):
         subject = _subject(model, name, config, n_default, device, batch_size)
-        for note in subject.card.entry.get("notes", []):
+        for note in subject.card.entry.notes:
             say(f"{name}: {note}")
         subjects.append(subject)
     return subjects
@@ -166,7 +167,7 @@ def _subject(model: Model, name: str, config: SweepConfig, n_default, device, ba
             spec = f" ({model.spec})" if model.spec != name else ""
             raise UsageError(f"model {name!r}{spec} does not say which data it takes: pass --dataset NAME")
         info = dataset_info(dataset, config.data_dir, config.download)
-        card, module = _from_elsewhere(model, info, config.download)
+        card, module = _from_elsewhere(model, name, info, config.download)
     dataset = info.name
     test = load_dataset(dataset, "test", config.data_dir, config.download)
     subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
@@ -174,7 +175,7 @@ def _subject(model: Model, name: str, config: SweepConfig, n_default, device, ba
     module = for_attacks(module, device)
     probe = data.images(slice(0, 64)).to(device)  # (<=64, C, H, W) in [0, 1]
     require_fit(module, probe, info, name)
-    checks = _verify(card, module, probe, name)
+    card, checks = _verify(card, module, probe)
     target = attack_target(module, info, device, batch_size)
     return Subject(name, card, module, info, data, subset, target, checks)
 
@@ -206,23 +207,25 @@ def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Mo
     module = run.model(which)  # before the hash: a missing or corrupt checkpoint is one clear error
     sha256 = sha256_file(run.weights_path(which))
     meta = run.meta
-    entry = {
-        "kind": "run",
-        "path": str(run.path),
-        "repeat_spec": Model(str(run.path), name=model.name, weights=which, dataset=model.dataset).to_spec(),
-        "weights": which,
-        "epoch": run.weights_epoch(which),
-        "sha256": sha256,
-        "trained_on": meta["dataset"]["name"],
-        "arch": meta["model"]["arch"],
-        "method": meta.get("method", ""),
-        "trained_against": meta.get("threat_model"),
-        "training_metrics": meta.get("metrics", []),
-        "training_final": meta.get("final", {}),
-        "training_status": meta.get("status", ""),  # not-robust / stopped-early: the guard's verdict, shown
-        "eps_warmup": meta.get("config", {}).get("eps_warmup"),  # which logged epochs trained at full eps
-        "noise_sigma": meta.get("config", {}).get("sigma"),  # Gaussian noise training: what smoothing should use
-    }
+    entry = ModelEntry(
+        id=name,
+        kind=RUN,
+        path=str(run.path),
+        repeat_spec=Model(str(run.path), name=model.name, weights=which, dataset=model.dataset).to_spec(),
+        weights=which,
+        epoch=run.weights_epoch(which),
+        sha256=sha256,
+        trained_on=meta["dataset"]["name"],
+        arch=meta["model"]["arch"],
+        method=meta.get("method", ""),
+        method_traits=meta.get("method_traits"),  # what the report judges it by; None: a run older than them
+        trained_against=meta.get("threat_model"),
+        training_metrics=meta.get("metrics", []),
+        training_final=meta.get("final", {}),
+        training_status=meta.get("status", ""),  # not-robust / stopped-early: the guard's verdict, shown
+        eps_warmup=meta.get("config", {}).get("eps_warmup"),  # which logged epochs trained at full eps
+        noise_sigma=meta.get("config", {}).get("sigma"),  # Gaussian noise training: what smoothing should use
+    )
     card = Card(sha256, sha256, meta["model"]["arch"], meta.get("method", ""), IN_MODEL, entry, run)
     return card, module, info
 
@@ -235,44 +238,39 @@ def _load_run(path: str) -> Run:
     return load_run(path)
 
 
-def _from_elsewhere(model: Model, info: DatasetInfo, download: bool) -> tuple[Card, nn.Module]:
+def _from_elsewhere(model: Model, name: str, info: DatasetInfo, download: bool) -> tuple[Card, nn.Module]:
     channels = info.shape[0]
     external = build_external(model, channels, info.num_classes, info.mean, info.std, download)
     key = hashlib.sha256(json.dumps(external.identity, sort_keys=True, default=str).encode()).hexdigest()
     preprocessing = external.module.preprocessing.describe()
-    entry = {
-        **external.entry,
-        "path": model.spec,
-        "sha256": external.weights_sha256,
-        "arch": external.arch,
-        "method": "",
-        "trained_on": None,
-        "trained_against": None,
-    }
+    entry = ModelEntry(
+        id=name, **external.entry, path=model.spec, sha256=external.weights_sha256, arch=external.arch, method=""
+    )
     card = Card(external.weights_sha256, key, external.arch, "", preprocessing, entry)
     return card, external.module
 
 
-def _verify(card: Card, module: nn.Module, probe: torch.Tensor, name: str) -> list[dict[str, Any]]:
-    """Checks that need the data: an ONNX conversion against onnxruntime; a module handed over in train mode."""
+def _verify(card: Card, module: nn.Module, probe: torch.Tensor) -> tuple[Card, list[Check]]:
+    """Checks that need the data: an ONNX conversion against onnxruntime (its gap goes into the card's entry); a
+    module handed over in train mode."""
     checks = []
-    if card.entry.get("kind") == "onnx":
+    if card.entry.kind == "onnx":
         from robustcnn.models.external.onnx import check_against_onnxruntime
 
-        gap = check_against_onnxruntime(Path(card.entry["spec"]), module.net, module.prepare(probe))
-        card.entry["onnxruntime_max_difference"] = gap
+        gap = check_against_onnxruntime(Path(card.entry.spec), module.net, module.prepare(probe))
+        card = replace(card, entry=replace(card.entry, onnxruntime_max_difference=gap))
         message = (
             "onnxruntime is not installed: the conversion was not compared"
             if gap is None
             else (f"converted module matches onnxruntime (max logit difference {gap:.2g})")
         )
-        checks.append(_check("onnx-conversion", "pass" if gap is not None else "warn", message))
-    if card.entry.get("was_training"):
+        checks.append(Check.of("onnx-conversion", Status.PASS if gap is not None else Status.WARN, message))
+    if card.entry.was_training:
         checks.append(_train_mode_check(module, probe))
-    return checks
+    return card, checks
 
 
-def _train_mode_check(module: nn.Module, probe: torch.Tensor) -> dict[str, Any]:
+def _train_mode_check(module: nn.Module, probe: torch.Tensor) -> Check:
     """A module handed over in train mode is evaluated in eval mode; warn when train mode would have
     changed its outputs (dropout on, BatchNorm on batch statistics), seen on a copy (train-mode BatchNorm
     would move the statistics)."""
@@ -282,19 +280,16 @@ def _train_mode_check(module: nn.Module, probe: torch.Tensor) -> dict[str, Any]:
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
     done = "evaluated in eval mode, as attacks must be"
     if gap <= 1e-5 and not batchnorm:
-        return _check("eval-mode", "pass", f"handed over in train mode, {done}; train mode changes nothing in it")
+        return Check.of(
+            "eval-mode", Status.PASS, f"handed over in train mode, {done}; train mode changes nothing in it"
+        )
     what = (
         f"identical calls differ by up to {gap:.3g} there (dropout)"
         if gap > 1e-5
         else "BatchNorm uses batch statistics there"
     )
-    return _check(
-        "eval-mode", "warn", f"handed over in train mode ({what}); {done}: your own evaluation needs model.eval() too"
-    )
-
-
-def _check(name: str, status: str, message: str) -> dict[str, Any]:
-    return result(name, status, message, name)
+    message = f"handed over in train mode ({what}); {done}: your own evaluation needs model.eval() too"
+    return Check.of("eval-mode", Status.WARN, message)
 
 
 def _require_same_shape(name: str, model_info: DatasetInfo, info: DatasetInfo, dataset: str) -> None:

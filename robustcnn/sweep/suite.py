@@ -25,9 +25,10 @@ from typing import Any
 
 import tomllib
 
-from robustcnn.attacks import ATTACKS, PatchAttack
+from robustcnn.attacks import ATTACKS
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
+from robustcnn.sweep.kinds import KINDS, Kind
 from robustcnn.threat import Norm, check_eps, parse_eps
 
 SUITE_KEYS = ("description", "n", "reference_eps", "cascade", "attack")
@@ -67,13 +68,13 @@ class AttackSpec:
         return ATTACKS.get(self.type)
 
     @property
-    def kind(self) -> str:
-        """bounded | minimal | patch (`Attack.kind`)."""
-        return self.attack_class.kind
+    def kind(self) -> Kind:
+        """How the sweep runs this attack: the `Kind` its class names (robustcnn/sweep/kinds)."""
+        return KINDS.get(self.attack_class.kind)
 
     def grid(self, info: DatasetInfo) -> tuple[float, ...]:
         """Sorted absolute grid for one dataset: eps for attacks, scales for the patch."""
-        if self.kind == "patch":
+        if not self.kind.has_eps:
             return tuple(sorted(self.scales))
         if self.eps is not None:
             return tuple(sorted(self.eps))
@@ -86,22 +87,8 @@ class AttackSpec:
         return grid
 
     def check_data(self, info: DatasetInfo) -> None:
-        """Values only the data can judge, checked before anything is written: a patch's target class and its
-        side in pixels at the smallest scale."""
-        if not issubclass(self.attack_class, PatchAttack):
-            return
-        where = f"attack {self.name!r}: "
-        target = self.params.target
-        if target >= info.num_classes:
-            raise UsageError(
-                f"{where}target = {target} is not a class of {info.name}; choose 0..{info.num_classes - 1}"
-            )
-        side, smallest = min(info.shape[1:]), min(self.scales)
-        if smallest * side < 1:
-            raise UsageError(
-                f"{where}scale {smallest:g} makes a patch of {smallest * side:.2g} pixels on the {side}-pixel "
-                f"images of {info.name}; scales must be at least 1/{side} = {1 / side:.3g}"
-            )
+        """Values only the data can judge (a patch's target class and size), checked before anything is written."""
+        self.kind.check_data(self, info)
 
     def describe(self) -> dict[str, Any]:
         """What determines this attack's results (its cache identity), as plain JSON."""
@@ -251,7 +238,7 @@ def _parse_entry(entry: dict[str, Any], number: int, where: str) -> AttackSpec:
             f"{error}; allowed keys: {allowed}" if "unknown option" in str(error) else str(error)
         ) from None
     _check_caps(parsed, where)
-    if issubclass(cls, PatchAttack):
+    if not KINDS.get(cls.kind).has_eps:
         return _patch_entry(entry, cls, parsed, where)
     if "norm" not in entry:
         raise UsageError(f"{where}missing field 'norm'; choose one of: inf, 2")

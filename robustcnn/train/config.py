@@ -5,11 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from robustcnn.config import BOOL, COUNT, FLOAT, INT, enum_parser, from_mapping, non_negative_float, option
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
+from robustcnn.method_traits import STANDARD, MethodTraits
+from robustcnn.registry import Registry
 from robustcnn.threat import Norm, check_eps, parse_eps
+
+# Training methods by name: "standard" and each AdvMethod. robustcnn/train/methods.py registers the classes; each
+# declares its `traits` (MethodTraits), which pick the defaults below and go into run.json.
+METHODS: Registry[Any] = Registry("training method")
 
 
 class AdvMethod(str, Enum):
@@ -21,11 +28,7 @@ class AdvMethod(str, Enum):
     GAUSSIAN = "gaussian"  # Cohen et al. 2019: Gaussian noise, for randomized smoothing (no attack)
 
 
-NOT_ADVERSARIAL = (AdvMethod.GAUSSIAN,)  # trains on noise, not worst cases: no robustness guard, best by noisy accuracy
 DEFAULT_SIGMA = 0.25
-
-
-ONE_STEP = {AdvMethod.FGSM_RS: 1.25, AdvMethod.N_FGSM: 1.0}  # single-step methods -> their default step / eps
 
 
 class Optimizer(str, Enum):
@@ -49,6 +52,15 @@ def _eps(value: object) -> float:
     return parse_eps(value, "--eps")
 
 
+def _method_name(value: object) -> str:
+    """A METHODS name as a plain string (the registry is open: a new method is a class and an entry), checked
+    against the registry by `resolve`, once robustcnn/train/methods.py has registered its classes."""
+    name = str(value.value if isinstance(value, Enum) else value).strip().lower()
+    if not name or name == STANDARD:
+        raise ValueError(f"name an adversarial training method (without --adv, training is {STANDARD})")
+    return name
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = option("mnist5k", "dataset name, or imagefolder:PATH")
@@ -67,8 +79,8 @@ class TrainConfig:
     weight_decay: float | None = option(None, "L2 penalty; default 5e-4 for sgd, 0 for adam", non_negative_float)
     schedule: Schedule = option(Schedule.COSINE, "learning-rate schedule over steps", enum_parser(Schedule))
     adv: bool = option(False, "train adversarially (PGD unless --adv-method says otherwise)", BOOL)
-    adv_method: AdvMethod = option(
-        AdvMethod.PGD, "pgd, trades, fgsm-rs, n-fgsm, ibp or gaussian", enum_parser(AdvMethod)
+    adv_method: str = option(
+        AdvMethod.PGD.value, "pgd, trades, fgsm-rs, n-fgsm, ibp, gaussian or any method in METHODS", _method_name
     )
     eps: float | None = option(
         None, "attack radius in [0,1] pixel units, e.g. 0.3 or 8/255; default: the dataset's", _eps
@@ -101,6 +113,16 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def method_name(self) -> str:
+        """The METHODS entry this trains with: --adv-method with --adv, else standard training."""
+        return self.adv_method if self.adv else STANDARD
+
+
+def method_traits(name: str) -> MethodTraits:
+    """The traits the training method registered as `name` declares."""
+    return METHODS.get(name).traits
+
 
 # Run options: they change where and how fast a run goes, not what it computes, so resume may change them.
 RUN_OPTIONS = ("out", "device", "amp", "data_dir", "download", "overwrite")
@@ -129,20 +151,18 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
             )
     check_eps(pick["eps"], pick["constraint"], "--eps")
     method = pick["adv_method"]
-    if method is AdvMethod.GAUSSIAN:
+    traits = method_traits(method)  # --adv-method's even without --adv, as the defaults always were
+    if traits.gaussian_noise:
         pick["sigma"] = pick["sigma"] or DEFAULT_SIGMA
     elif pick["sigma"] is not None:
-        raise UsageError(f"--sigma {pick['sigma']:g} applies to --adv-method gaussian only, not {method.value}")
-    one_step = method in ONE_STEP
-    pick["attack_steps"] = pick["attack_steps"] or (1 if one_step else 10)
-    if one_step and pick["attack_steps"] != 1:
-        raise UsageError(
-            f"--attack-steps {pick['attack_steps']} does not fit {method.value}, which takes exactly 1 step"
-        )
-    if method is AdvMethod.N_FGSM and pick["adv"] and pick["constraint"] is not Norm.LINF:
+        raise UsageError(f"--sigma {pick['sigma']:g} applies to --adv-method gaussian only, not {method}")
+    pick["attack_steps"] = pick["attack_steps"] or traits.attack_steps
+    if traits.single_step and pick["attack_steps"] != 1:
+        raise UsageError(f"--attack-steps {pick['attack_steps']} does not fit {method}, which takes exactly 1 step")
+    if method == AdvMethod.N_FGSM and pick["adv"] and pick["constraint"] is not Norm.LINF:
         raise UsageError(f"--adv-method n-fgsm is defined for --constraint inf, not {pick['constraint'].value}")
     if pick["attack_lr"] is None:
-        pick["attack_lr"] = ONE_STEP[method] * pick["eps"] if one_step else 2.5 * pick["eps"] / pick["attack_steps"]
+        pick["attack_lr"] = traits.attack_lr(pick["eps"], pick["attack_steps"])
     if pick["eps_warmup"] >= pick["epochs"] and pick["adv"]:
         raise UsageError(f"--eps-warmup {pick['eps_warmup']} must be below --epochs {pick['epochs']}")
     return TrainConfig(**pick)

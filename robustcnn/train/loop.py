@@ -26,16 +26,7 @@ from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
 from robustcnn.train import checkpoint, distributed
 from robustcnn.train.checkpoint import Progress
-from robustcnn.train.config import (
-    NOT_ADVERSARIAL,
-    ONE_STEP,
-    RUN_OPTIONS,
-    AdvMethod,
-    Amp,
-    Optimizer,
-    TrainConfig,
-    resolve,
-)  # fmt: skip
+from robustcnn.train.config import RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
 from robustcnn.train.distributed import RANK_SEED_STRIDE, Group, weights_digest
 from robustcnn.train.methods import build_method
 from robustcnn.train.schedule import learning_rate, warm_eps
@@ -70,9 +61,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
 
 
 def _default_out(config: TrainConfig) -> str:
-    method = config.adv_method.value if config.adv else "std"
     dataset = config.dataset.split(":")[0]
-    return f"runs/{dataset}-{config.arch}-{method}"
+    return f"runs/{dataset}-{config.arch}-{config.method_name}"
 
 
 def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, TrainConfig]:
@@ -229,7 +219,8 @@ class _Trainer:
             "message": "",
             "created": previous.get("created", _now()),
             "updated": _now(),
-            "method": config.adv_method.value if config.adv else "standard",
+            "method": config.method_name,
+            "method_traits": self.method.traits.to_dict(),  # what the guard, the sweep and the report go by
             "threat_model": {"norm": config.constraint.value, "eps": config.eps},  # trained against / validated at
             "dataset": self.info.to_dict(),
             "model": self.model_config.to_dict(),
@@ -344,13 +335,16 @@ class _Trainer:
 
     def _guarded(self) -> bool:
         """Adversarial and certified training must become robust to PGD; noise training need not."""
-        return self.config.adv and self.config.adv_method not in NOT_ADVERSARIAL
+        return self.method.traits.guarded
 
     def _score_column(self) -> str:
         """What picks the best epoch: PGD accuracy when guarded, noisy accuracy for noise training, else clean."""
         if self._guarded():
             return "val_pgd_acc"
-        return "val_train_attack_acc" if self.config.adv else "val_acc"
+        return "val_train_attack_acc" if self._noise_training() else "val_acc"
+
+    def _noise_training(self) -> bool:
+        return self.config.adv and self.method.traits.gaussian_noise
 
     def _judge(self, state: Progress, row: dict[str, Any]) -> guard.Verdict:
         """The guard's verdict on this epoch, given every epoch before it."""
@@ -361,7 +355,7 @@ class _Trainer:
             log,
             [r["epoch"] > self.config.eps_warmup for r in log],
             floor_acc=guard.floor(self.info.num_classes),
-            one_step_training=self.config.adv_method in ONE_STEP,
+            one_step_training=self.method.traits.single_step,
         )[-1]
 
     def _outcome(self, state: Progress) -> tuple[str, str]:
@@ -383,9 +377,9 @@ class _Trainer:
 
     def _advice(self, overfitted: bool) -> str:
         method = self.config.adv_method
-        if overfitted and method in ONE_STEP:
+        if overfitted and self.method.traits.single_step:
             two_steps = f"--adv-method pgd --attack-steps 2 --attack-lr {2 / 3 * self.config.eps:.3g}"
-            other = " (or --adv-method n-fgsm)" if method is AdvMethod.FGSM_RS else ""
+            other = " (or --adv-method n-fgsm)" if method == AdvMethod.FGSM_RS else ""
             return f"train with two attack steps: {two_steps}{other}; docs/training.md"
         if overfitted:
             return "train with more --attack-steps or a smaller --attack-lr"
@@ -408,7 +402,7 @@ class _Trainer:
         final = {"best_epoch": state.best_epoch, "test_acc": correct / len(test), "test_n": len(test)}
         if self.config.adv:  # robustness before any sweep: the kept epoch's held-out PGD-10 accuracy
             final["val_pgd_acc"] = state.history[state.best_epoch - 1]["val_pgd_acc"]
-        if self.config.adv and not self._guarded():  # noise training: its accuracy under the noise it trained on
+        if self._noise_training():  # its accuracy under the noise it trained on
             final["val_noise_acc"] = state.history[state.best_epoch - 1]["val_train_attack_acc"]
         self.meta["final"] = final
         status, message = self._outcome(state)

@@ -1,6 +1,7 @@
 """Training methods: how one batch becomes a loss. Adversarial examples come from ART attacks, true labels.
 
-Add a method by subclassing `Method` and registering it; `--adv-method` names it.
+Add a method by subclassing `Method`, declaring its `traits` and registering it; `--adv-method` names it.
+The traits (robustcnn/method_traits.py) go into run.json: the guard, the sweep and the report read them there.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from robustcnn.art_setup import import_art
 from robustcnn.attacks.art import art_classifier, from_numpy, frozen, lazy_success_rate, to_numpy
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
-from robustcnn.registry import Registry
-from robustcnn.train.config import TrainConfig
-
-METHODS: Registry[type[Method]] = Registry("training method")
+from robustcnn.method_traits import STANDARD, MethodTraits
+from robustcnn.train.config import METHODS, TrainConfig
 
 
 class Method:
@@ -26,6 +25,8 @@ class Method:
     loss's forward goes through: under torchrun the DDP wrapper around `model`, whose backward averages the
     gradients over processes, else `model` itself.
     """
+
+    traits = MethodTraits()  # not adversarial: no robustness guard, the best epoch by clean accuracy
 
     def __init__(
         self,
@@ -52,7 +53,7 @@ class Method:
         return None
 
 
-METHODS.register("standard")(Method)
+METHODS.register(STANDARD)(Method)
 
 
 def _pgd(classifier, config: TrainConfig, steps: int):
@@ -75,6 +76,8 @@ def _pgd(classifier, config: TrainConfig, steps: int):
 class PgdTraining(Method):
     """Madry et al. (2018): minimise the loss on PGD examples, x_adv = PGD-k(x, y) inside the eps ball."""
 
+    traits = MethodTraits(adversarial=True, guarded=True)  # PGD-10, step 2.5 eps / 10
+
     def __init__(self, model, config, info, device, train_model=None):
         super().__init__(model, config, info, device, train_model)
         self.classifier = art_classifier(model, info.shape, info.num_classes, device, self.attack_loss())
@@ -89,7 +92,7 @@ class PgdTraining(Method):
             return x
         step = self.config.attack_lr * eps / self.config.eps  # keeps steps/eps fixed while eps warms up
         self.attack.set_params(eps=eps, eps_step=step)
-        with frozen(self.model), lazy_success_rate():  # measured: FGSM-RS epoch 3.05 -> 1.86 clean epochs
+        with frozen(self.model), lazy_success_rate():  # ART's log-only success rate: most of a one-step call
             x_adv = self.attack.generate(to_numpy(x), to_numpy(target))
         return from_numpy(x_adv, self.device)
 
@@ -108,6 +111,8 @@ class FgsmRsTraining(PgdTraining):
     Cheap (two passes per batch) but prone to catastrophic overfitting; the loop's guard watches for it.
     """
 
+    traits = MethodTraits(adversarial=True, guarded=True, single_step=True, attack_steps=1, attack_lr_per_eps=1.25)
+
 
 @METHODS.register("n-fgsm")
 class NFgsmTraining(PgdTraining):
@@ -117,6 +122,7 @@ class NFgsmTraining(PgdTraining):
     MNIST's eps 0.3 its noise leaves little of a digit: docs/training.md has what that costs."""
 
     NOISE = 2.0  # noise radius in units of eps (the paper's k)
+    traits = MethodTraits(adversarial=True, guarded=True, single_step=True, attack_steps=1, attack_lr_per_eps=1.0)
 
     def __init__(self, model, config, info, device, train_model=None):
         import_art()
@@ -151,6 +157,8 @@ class _KlToClean(nn.Module):
 class TradesTraining(PgdTraining):
     """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising that KL with PGD."""
 
+    traits = MethodTraits(adversarial=True, guarded=True)
+
     def attack_loss(self) -> nn.Module:
         return _KlToClean()
 
@@ -175,8 +183,10 @@ class IbpTraining(Method):
     """Gowal et al. (2018), certified training: kappa * CE(clean logits) + (1 - kappa) * CE(worst-case logits),
     the worst case read off interval bounds over the eps ball (the true class at its lower bound, every other
     class at its upper bound). kappa goes from 1 to 0.5 as eps ramps up (--eps-warmup), as in the paper.
-    No attack is run: the bound is one pass of intervals beside the clean one (an epoch measured 2.8-3.5x a
-    clean epoch on ibpcnn, benchmarks/results/certify)."""
+    No attack is run: the bound is one pass of intervals beside the clean one (what an epoch costs:
+    benchmarks/results/certify)."""
+
+    traits = MethodTraits(adversarial=True, guarded=True)  # certified: it must resist PGD too, so the guard judges it
 
     def __init__(self, model, config, info, device, train_model=None):
         from robustcnn.certify.layers import check_model
@@ -216,6 +226,8 @@ class GaussianTraining(Method):
     (suite type `smoothing`) later certifies with at the same sigma. Not adversarial training: its model's
     PGD accuracy stays low, and the best epoch is the one most accurate on noisy held-out images."""
 
+    traits = MethodTraits(gaussian_noise=True)  # not adversarial: no robustness guard
+
     def noisy(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.randn_like(x) * self.config.sigma
 
@@ -233,5 +245,4 @@ def build_method(
     device: torch.device,
     train_model: nn.Module | None = None,
 ) -> Method:
-    name = config.adv_method.value if config.adv else "standard"
-    return METHODS.get(name)(model, config, info, device, train_model)
+    return METHODS.get(config.method_name)(model, config, info, device, train_model)

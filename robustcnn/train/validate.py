@@ -56,7 +56,7 @@ class Validator:
 
     def __call__(self) -> dict[str, float]:
         x, y = to_numpy(self.x), self.y.numpy()
-        with frozen(self.model), lazy_success_rate():  # skips 2 log-only forward passes, ~6% of PGD-10
+        with frozen(self.model), lazy_success_rate():  # skips ART's 2 log-only forward passes per call
             x_fgsm, x_pgd = self.fgsm.generate(x, y), self.pgd.generate(x, y)
         correct = {
             "val_acc": self.correct(self.x),
@@ -78,4 +78,4 @@ class Validator:
 def _trains_on_validation_pgd(config: TrainConfig) -> bool:
     """PGD-AT with the validation's own PGD-10 settings (the default): no second run of the same attack."""
     same_step = math.isclose(config.attack_lr, 2.5 * config.eps / PGD_STEPS)
-    return config.adv and config.adv_method is AdvMethod.PGD and config.attack_steps == PGD_STEPS and same_step
+    return config.adv and config.adv_method == AdvMethod.PGD and config.attack_steps == PGD_STEPS and same_step
