@@ -162,7 +162,7 @@ BAD_INPUTS = [
     (["--arch", "vgg16"], "unknown architecture 'vgg16'; choose one of"),
     (
         ["--adv", "--adv-method", "free"],
-        "--adv-method 'free' is not allowed: choose one of: pgd, fgsm-rs, trades, n-fgsm",
+        "--adv-method 'free' is not allowed: choose one of: fgsm-rs, gaussian, ibp, n-fgsm, pgd, trades",
     ),
     (["--eps", "-0.1"], "eps -0.1 is not allowed"),
     (["--eps", "8"], "did you mean 8/255"),

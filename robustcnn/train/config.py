@@ -151,6 +151,9 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
             )
     check_eps(pick["eps"], pick["constraint"], "--eps")
     method = pick["adv_method"]
+    if method not in METHODS.names():
+        allowed = ", ".join(name for name in METHODS.names() if name != STANDARD)
+        raise UsageError(f"--adv-method {method!r} is not allowed: choose one of: {allowed}")
     traits = method_traits(method)  # --adv-method's even without --adv, as the defaults always were
     if traits.gaussian_noise:
         pick["sigma"] = pick["sigma"] or DEFAULT_SIGMA
