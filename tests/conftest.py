@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +123,24 @@ def tiny_runs(tmp_path_factory):
     standard = robustcnn.train(**SMALL_RUN, out=str(root / "std"))
     adversarial = robustcnn.train(**SMALL_RUN, adv=True, eps=0.2, out=str(root / "adv"))
     return standard, adversarial
+
+
+class Hung(BaseException):
+    """Raised by `deadline`; a BaseException, so no `except OSError` (a blocked open) or `except Exception` (Ray's
+    retry loop) can turn a hang into a pass."""
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Turns a call that would block forever into a failing test (SIGALRM interrupts it; main thread only)."""
+
+    def fire(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

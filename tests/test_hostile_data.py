@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import struct
 import subprocess
 import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import deadline, make_image_folder
 from user_models import write_nets
 
 from robustcnn.cli import run_main
@@ -87,26 +85,6 @@ def good_npz_members(**changes: bytes) -> dict[str, bytes]:
 
 
 # --- running a tool as `python -m` does ------------------------------------------------------------------------
-class Hung(Exception):
-    """Raised by the alarm below; not an OSError, so no `except OSError` can turn a hang into a pass."""
-
-
-@contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    """Turns a read that would block forever into a failing test (SIGALRM interrupts the blocked open)."""
-
-    def fire(signum, frame):
-        raise Hung(f"still running after {seconds} s: a read blocked")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def argv(tool: str, tmp: Path, dataset: str) -> list[str]:
     """A small sweep of a user's model file into an --out holding earlier results, or a 1-epoch training run."""
     if tool == "sweep":

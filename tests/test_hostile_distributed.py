@@ -18,7 +18,6 @@ import ast
 import json
 import os
 import runpy
-import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from conftest import deadline
 from user_models import write_nets
 
 from robustcnn import art_setup
@@ -128,24 +128,6 @@ def test_art_config_written_at_once_by_many_is_always_whole_and_a_users_own_is_k
 
 
 # --- running the sweep as `python -m robustcnn.sweep` does ----------------------------------------------------------
-class Hung(BaseException):
-    """Raised by the alarm below; a BaseException, so that Ray's own retry loop (`except Exception`) cannot eat it."""
-
-
-@contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    def fire(signum, frame):
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture(scope="module")
 def sweep_args(tmp_path_factory) -> list[str]:
     """A user's untrained model file, one FGSM cell on 8 images: the smallest sweep that starts one Ray task."""

@@ -43,3 +43,13 @@ def test_installed_wheel_finds_suites_by_name(tmp_path):
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert out.stdout.strip().startswith(str(site / "robustcnn" / "suites"))
+
+
+def test_every_package_of_the_source_tree_is_in_the_wheel_list():
+    """pyproject.toml lists the packages by hand; a new subpackage left off it is missing from every install
+    (robustcnn.sweep.kinds once was), which only the slow wheel test above would otherwise see."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "robustcnn").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

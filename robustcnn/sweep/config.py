@@ -101,3 +101,8 @@ class SweepConfig:
 
     def replace(self, **changes) -> SweepConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def shard_part(self) -> tuple[int, int] | None:
+        """--shard I/N as (I, N), or None: parsed by the one rule that checked it."""
+        return parse_shard(self.shard)

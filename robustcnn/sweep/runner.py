@@ -46,7 +46,7 @@ from robustcnn.results import (
 )
 from robustcnn.sweep import cells
 from robustcnn.sweep.chains import Chain, ChainRunner, Done, seed_all
-from robustcnn.sweep.config import SweepConfig, parse_shard
+from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.model_checks import model_checks
 from robustcnn.sweep.store import CellStore
 from robustcnn.sweep.subjects import Subject
@@ -72,7 +72,7 @@ class Sweep(ChainRunner):
         super().__init__(config, suite, grids, CellStore(out), number_versions(), on_computed=self._computed)
         self.subjects, self.out = subjects, Path(out)
         self.plan = self.chains(subjects)
-        self.shard = parse_shard(config.shard)  # (index, count) or None
+        self.shard = config.shard_part  # (index, count) or None
         self.complete = False  # every cell of every model finished (a shard may finish before the others)
         self.started = self.written_at = time.perf_counter()
         self.write_seconds = 0.0  # what the last progressive rewrite of results.csv took

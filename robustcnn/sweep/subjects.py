@@ -69,7 +69,7 @@ class Subject:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Measured: on CPUs 32-128 keeps the working set in cache (one batch of 1000 is 2x slower); GPUs want more."""
+    """On CPUs a batch of 32-128 keeps the working set in cache (one of 1000 is slower); GPUs want more."""
     return 1024 if device.type == "cuda" else 128
 
 
