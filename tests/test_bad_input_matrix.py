@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_idx_dataset, make_image_folder
+from conftest import Payload, make_idx_dataset, make_image_folder
 from report_fixtures import make_sweep_dir
 from user_models import save_like_a_training_script, user_state_dict, write_nets
 
@@ -34,16 +34,6 @@ from robustcnn.train import __main__ as train_cli
 TOOLS = {"train": train_cli.main, "sweep": sweep_cli.main, "report": report_cli.main}
 FGSM_SUITE = '[[attack]]\nname = "fgsm"\ntype = "fgsm"\nnorm = "inf"\neps = [0.1]\n'
 EVIL_NAME = "<img src=x onerror=alert(1)>"
-
-
-class Payload:
-    """Unpickling this opens (creates) the marker file: proof that code from the file ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @dataclass(frozen=True)

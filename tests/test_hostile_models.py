@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Payload
 from torch import nn
 
 import robustcnn
@@ -42,16 +43,6 @@ def tiny_cnn() -> nn.Module:
 
 
 NETS_PY = "from torch import nn\n\ndef tiny():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
-
-
-class Payload:
-    """Unpickling this creates the marker file: proof that code from the file ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="module")
