@@ -25,3 +25,10 @@ def last_line(error: BaseException) -> str:
     """The line of an exception's message that says what went wrong (Python puts it last), for one-line errors."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for libraries (numpy, safetensors, json) that put what went wrong
+    there and advice after it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -20,7 +20,7 @@ import torch
 
 from robustcnn.data import DatasetInfo
 from robustcnn.devices import fast_layout
-from robustcnn.errors import UsageError
+from robustcnn.errors import UsageError, first_line
 from robustcnn.fileio import atomic_path, read_json, sha256_file
 from robustcnn.models import ModelConfig, Normalized, create_model
 from robustcnn.models.external.weights import load_weights_into
@@ -57,14 +57,9 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
         raise UsageError(
-            f"checkpoint {path} is not a readable safetensors file ({_first_line(error)}); "
+            f"checkpoint {path} is not a readable safetensors file ({first_line(error)}); "
             "it may be truncated or corrupt: retrain, or restore it from a copy"
         ) from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ def load_run(path: str | Path) -> Run:
     try:
         meta = read_json(run_file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{run_file} is not valid JSON ({_first_line(error)})") from None
+        raise UsageError(f"{run_file} is not valid JSON ({first_line(error)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{run_file} is not a {FORMAT} file")
     _check_meta(run_file, meta)
@@ -141,7 +136,7 @@ def _check_meta(run_file: Path, meta: dict[str, Any]) -> None:
             raise TypeError("'config' is not an object")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UsageError(
-            f"{run_file} is damaged ({type(error).__name__}: {_first_line(error)}); it needs the 'model', "
+            f"{run_file} is damaged ({type(error).__name__}: {first_line(error)}); it needs the 'model', "
             "'dataset' and 'config' written by python -m robustcnn.train: retrain, or restore it from a copy"
         ) from None
 

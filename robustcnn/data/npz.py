@@ -30,7 +30,7 @@ import torch
 
 from robustcnn.console import say
 from robustcnn.data.base import DATASETS, MAX_CLASSES, DataOptions, DatasetInfo, Source, Split, check_data_bytes
-from robustcnn.errors import UsageError
+from robustcnn.errors import UsageError, first_line
 from robustcnn.threat import Norm, ThreatModel
 
 LAYOUTS = ("nchw", "nhwc")  # the suffixes PATH#nchw / PATH#nhwc
@@ -220,7 +220,7 @@ def _header(path: Path, key: str, archive: zipfile.ZipFile, member: zipfile.ZipI
     except UsageError:
         raise
     except _UNREADABLE as error:
-        raise UsageError(f"{path}: {key} is not a readable .npy array ({_first_line(error)})") from None
+        raise UsageError(f"{path}: {key} is not a readable .npy array ({first_line(error)})") from None
     if dtype.hasobject:
         raise UsageError(
             f"{path}: {key} is an object array (pickled Python objects), not read because unpickling can run "
@@ -252,12 +252,7 @@ def _array(path: Path, key: str, archive: zipfile.ZipFile, member: zipfile.ZipIn
         with archive.open(member) as file:
             return np.lib.format.read_array(file, allow_pickle=False)  # never unpickle: the file could run code
     except _UNREADABLE as error:
-        raise UsageError(f"{path}: cannot read {key}: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    """numpy puts what went wrong on the first line of its messages, advice on the lines after."""
-    return str(error).strip().split("\n")[0] or type(error).__name__
+        raise UsageError(f"{path}: cannot read {key}: {first_line(error)}") from None
 
 
 def _layout(path: Path, key: str, shape: tuple[int, ...], forced: str | None) -> str | None:
