@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the build on our CI image (pip takes it from local disk there); any torch >= 2.1 works.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install browser demo certified smoothing test test-all lint bench clean
+.PHONY: install browser demo certified smoothing test test-all lint bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+# What only a CUDA GPU shows (benchmarks/gpu_check.py), offline, under 8 minutes on one H200: an AMP PGD-training
+# epoch, CUDA vs CPU sweep agreement, PGD-40 against its limit, the out-of-memory back-off. Exits 2 without CUDA.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check --out benchmarks/results/gpu
 
 clean:
 	rm -rf runs reports/*/ .pytest_cache

@@ -36,6 +36,7 @@ SECTIONS = (
     "ray",
     "data",
     "report",
+    "scale",
 )
 DEMO_MODELS = ("runs/demo-std", "runs/demo-adv")  # made by `make demo`
 
@@ -66,6 +67,7 @@ class BenchConfig:
     naive_sweep: bool = option(False, "also time robustcnn.sweep naive=True (a context row; slow)", BOOL)
     warmup: bool = option(True, "run each variant once untimed first (first-call costs)", flag=False)
     report_cli: bool = option(True, "also time one cold `python -m robustcnn.report`", flag=False)
+    scale_smoke: bool = option(False, "scale section: smoke sizes (hundreds of images, 1-2 models, 30 cells)", BOOL)
     device: str = option("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     only: tuple[str, ...] = option(SECTIONS, f"sections to run, comma-separated: {', '.join(SECTIONS)}", _sections)
     seed: int = option(0, "seed of the test subset and the attacks' random starts", COUNT)
@@ -91,6 +93,7 @@ QUICK = {
     "robust_n": 12,
     "aa_baselines": False,
     "limit_aa": False,
+    "scale_smoke": True,
 }
 
 
@@ -188,6 +191,10 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import data_speed
 
         return data_speed.measure(config.repeats)
+    if section == "scale":
+        from benchmarks import scale
+
+        return scale.measure(config.scale_smoke, config.repeats, config.seed)
     return _report(config)
 
 
@@ -274,6 +281,10 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "best.safetensors then attacked by PGD-40 (step 0.01) with 5 random restarts at eps 0.3 on the test "
         "images through ART with true labels: an attack none of the methods trained or validated with.",
         ddp_speed.NOTE,
+        "Scale section (benchmarks/scale.py): CPU figures on random seeded weights and synthetic uint8 3x32x32 npz "
+        "test sets. Sweeps run as fresh `python -m robustcnn.sweep --no-report` processes, one round each: wall "
+        "seconds include start-up; peak RSS is the child's own (VmHWM, benchmarks/peak_rss.py). The resume figure "
+        "re-runs a sweep whose cells/ the sweep's own runner filled without attacking (checked: no cell computed).",
     ]
 
 

@@ -173,6 +173,7 @@ ELSEWHERE_FIELDS = ("kind", "spec", "repeat_spec", "options", "weights_file", "w
                     "trained_against")  # fmt: skip
 ONNX_FIELDS = ("onnxruntime_max_difference",)  # what a model from an .onnx file adds
 SWEEP_FIELDS = ("preprocessing_label", "dataset", "threat_model", "class_names", "shape", "n", "grids")
+BATCH_FIELDS = ("batch_size", "batch_choice", "batch_backoffs")  # written by sweeps that record their batches
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,9 @@ class ModelEntry:
     grids: dict[str, list[float]] = field(default_factory=dict)  # attack name -> its eps (or scales) grid
     headline: HeadlineEps | None = None  # which eps the headline reads; None for sweeps made before it was decided
     model_checks: tuple[Check, ...] | None = None  # the sweep's checks of the model; None until they ran
+    batch_size: int | None = None  # images per batch the model ended with (after any halving); None: older sweeps
+    batch_choice: dict[str, Any] | None = None  # how its first batch size was chosen: {"requested": N or "auto", ...}
+    batch_backoffs: tuple[dict[str, Any], ...] = ()  # each halving when out of GPU memory: {"from", "to", "where"}
     extra: dict[str, Any] = field(default_factory=dict)  # keys of an older manifest that this version does not know
 
     @property
@@ -255,6 +259,8 @@ class ModelEntry:
             data.update(self.headline.to_dict())
         if self.model_checks is not None:
             data["model_checks"] = [check.to_dict(with_model=False) for check in self.model_checks]
+        if self.batch_size is not None:  # an older manifest reads back without them
+            data.update({name: _plain(getattr(self, name)) for name in BATCH_FIELDS})
         return {**data, **self.extra}
 
     @classmethod
@@ -268,8 +274,8 @@ class ModelEntry:
         else:
             shape = data.get("shape")
         checks = data.get("model_checks")
-        known = {"id", *RUN_FIELDS, *ELSEWHERE_FIELDS, *ONNX_FIELDS, *SWEEP_FIELDS, "reference_eps", "headline_eps",
-                 "model_checks"}  # fmt: skip
+        known = {"id", *RUN_FIELDS, *ELSEWHERE_FIELDS, *ONNX_FIELDS, *SWEEP_FIELDS, *BATCH_FIELDS, "reference_eps",
+                 "headline_eps", "model_checks"}  # fmt: skip
         return cls(
             id=model,
             kind=_text(data.get("kind")),
@@ -306,6 +312,9 @@ class ModelEntry:
             grids=_optional(data.get("grids"), dict) or {},
             headline=HeadlineEps.from_entry(data),
             model_checks=_checks(checks, model) if isinstance(checks, list) else None,
+            batch_size=_whole(data.get("batch_size")),
+            batch_choice=_optional(data.get("batch_choice"), dict),
+            batch_backoffs=_backoffs(data.get("batch_backoffs")),
             extra={key: value for key, value in data.items() if key not in known},
         )
 
@@ -403,6 +412,16 @@ def _text(value: Any) -> str:
 
 def _optional(value: Any, kind: type | tuple[type, ...]) -> Any:
     return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _backoffs(value: Any) -> tuple[dict[str, Any], ...]:
+    """A manifest's batch_backoffs: the well-formed ones ({"from": int, "to": int, "where": str})."""
+    items = value if isinstance(value, list) else []
+    return tuple(
+        {"from": item["from"], "to": item["to"], "where": _text(item.get("where"))}
+        for item in items
+        if isinstance(item, Mapping) and _whole(item.get("from")) is not None and _whole(item.get("to")) is not None
+    )
 
 
 def _whole(value: Any) -> int | None:

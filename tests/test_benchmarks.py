@@ -111,3 +111,61 @@ def test_sweep_limit_counts_the_work_the_attacks_must_do(tiny_runs, tmp_path):
     gradients, forwards = work.total(set(attack_cells(results).cell))
     assert gradients == expected
     assert forwards >= sum(survivors)  # at least every adversarial example is judged
+
+
+def test_a_resumed_sweep_finds_every_synthesised_cell(tmp_path):
+    """The scale section's resume figure is only a figure if the re-run computes nothing: its synthesised cells
+    must be keyed as the sweep keys them (resume_seconds raises if the re-run wrote any cell)."""
+    from benchmarks.scale import ResumePlan, resume_seconds
+
+    plan = ResumePlan(models=2, attacks=2, eps=3)
+    child, cells = resume_seconds(tmp_path, "resume", plan, n=10, seed=0)
+    assert cells == plan.cells == 14
+    assert child.seconds > 0 and child.peak_rss > 50 * 2**20  # a Python process with torch: the child's own peak
+
+
+def test_child_peak_rss_is_the_childs_own(tmp_path):
+    """The peak is the child's own, not this (torch-holding) process's, which wait4's ru_maxrss would carry over."""
+    import resource
+
+    from benchmarks.scale import run_child
+
+    small = run_child([sys.executable, "-m", "this"], tmp_path / "small.log")
+    assert small.peak_rss < 100 << 20 < resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.mark.slow  # half a minute: eight sweep processes, two torchvision models
+def test_scale_section_runs_at_smoke_sizes(tmp_path):
+    assert bench.main(["--only", "scale", "--quick", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "benchmarks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["section"] for row in rows} == {"scale"}
+    figures = " ".join(row["figure"] for row in rows)
+    for words in ("peak RSS", "report.html size", "PGD-2 call, torchvision:resnet50", "resume of a sweep with"):
+        assert words in figures
+    assert all(row["status"] in {"PASS", "MISS", "-"} for row in rows)
+
+
+def test_gpu_check_without_cuda_says_so(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == gpu_check.NO_GPU
+    assert not (tmp_path / "gpu-check.md").exists()
+
+
+@pytest.mark.slow  # ~30 s: a training epoch and four sweep processes
+def test_gpu_check_runs_on_the_cpu_at_smoke_sizes(tmp_path):
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) in (0, 1)  # pgd-limit may miss
+    record = json.loads((tmp_path / "gpu-check.json").read_text())
+    checks = {c["name"]: c["status"] for c in record["checks"]}
+    assert checks["train"] == checks["agree"] == checks["oom-backoff-numbers"] == "pass"
+    assert checks["oom-backoff-recorded"] == "skipped" and checks["pgd-limit"] in ("pass", "fail")
+    assert record["figures"]["agree"]["largest_share_differing"] == 0  # the CPU against itself
+    assert {"torch", "cuda", "accelerator"} <= set(record["machine"])
+    assert "| agree | pass |" in (tmp_path / "gpu-check.md").read_text()

@@ -196,8 +196,9 @@ def test_ibp_training_certifies_what_standard_training_cannot(tmp_path):
     )
     baseline, trained = _certified_share(standard, 0.05), _certified_share(proven, 0.05)
     assert baseline < 0.1 and trained > baseline + 0.3, (baseline, trained)
-    # at the training eps the tighter bound proves far more of the same model (measured 8% -> 58%)
-    ibp, crown = (_certified_share(proven, 0.1, method, count=50) for method in ("ibp", "crown"))
+    # at the training eps the tighter bound proves far more of the same model (measured 8% -> 58% on 50 images;
+    # 25 images halve crown's ~1 s per image and keep the gap far from the 20-point line)
+    ibp, crown = (_certified_share(proven, 0.1, method, count=25) for method in ("ibp", "crown"))
     assert crown > ibp + 0.2, (ibp, crown)
 
 

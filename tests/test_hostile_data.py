@@ -25,7 +25,7 @@ from user_models import write_nets
 from robustcnn.cli import run_main
 from robustcnn.data import load_dataset
 from robustcnn.data.base import MAX_CLASSES
-from robustcnn.data.imagefolder import MAX_IMAGE_PIXELS, _image
+from robustcnn.data.imagefolder.files import MAX_IMAGE_PIXELS, open_image
 from robustcnn.errors import UsageError
 from robustcnn.sweep import __main__ as sweep_cli
 from robustcnn.train import __main__ as train_cli
@@ -255,9 +255,9 @@ def test_image_between_our_cap_and_pillows_is_refused_by_size(tmp_path):
 
 def test_the_pixel_cap_is_inclusive(tmp_path):
     """Only headers are read: 4096x4096 opens, one pixel row more does not."""
-    with _image(png_header(tmp_path / "edge.png", 4096, 4096)) as image:
+    with open_image(png_header(tmp_path / "edge.png", 4096, 4096)) as image:
         assert image.size == (4096, 4096)
-    with pytest.raises(UsageError, match="4096x4097"), _image(png_header(tmp_path / "over.png", 4096, 4097)):
+    with pytest.raises(UsageError, match="4096x4097"), open_image(png_header(tmp_path / "over.png", 4096, 4097)):
         pass
 
 
@@ -274,7 +274,7 @@ def test_fifo_named_png_is_refused_not_read(tool, tmp_path, capsys):
 def test_fifo_that_appears_after_indexing_is_refused_without_blocking(tmp_path):
     path = tmp_path / "late.png"
     os.mkfifo(path)
-    with deadline(HANG_SECONDS), pytest.raises(UsageError, match="late.png is a named pipe"), _image(path):
+    with deadline(HANG_SECONDS), pytest.raises(UsageError, match="late.png is a named pipe"), open_image(path):
         pass
 
 

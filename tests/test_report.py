@@ -48,7 +48,8 @@ def test_report_writes_html_summary_and_checks(sweep):
     for section in ("headline", "checks", "curves", "worst", "patch", "gallery", "training", "reproducibility"):
         assert f'<section id="{section}">' in html
     assert len(svgs(html)) == 4 + 1 + 1 + 1  # one per eps attack, worst case, patch, training
-    assert html.count("data:image/png;base64,") == 2 * 6 * 3 + 2  # gallery (2 models x 6 x 3) + 2 patches
+    assert len(re.findall(r"data:image/(?:webp|png);base64,", html)) == 2 + 2  # a contact sheet per model, 2 patches
+    assert html.count('<span class="caption">') == 2 * 6  # one caption per gallery example
     assert "<script" not in html.lower() and "http://" not in html and "https://" not in html
     checks = json.loads((sweep / "checks.json").read_text())
     assert checks["format"] == "robustcnn-checks/1" and checks["counts"]["fail"] == 0
@@ -265,7 +266,7 @@ def test_model_id_cannot_reach_outside_the_sweep_directory(tmp_path):
     out = make_sweep_dir(tmp_path / "s", models=("../escape", "adv"), attacks=("pgd",), gallery=False)
     write_gallery(tmp_path / "escape.npz")  # where gallery/../escape.npz would point
     html = robustcnn.report(out).read_text()
-    assert html.count("Gallery not in this sweep.") == 2 and "data:image/png" not in html
+    assert html.count("Gallery not in this sweep.") == 2 and "data:image/" not in html
 
 
 def test_gallery_of_a_model_id_with_odd_characters_is_found(tmp_path):
@@ -274,7 +275,7 @@ def test_gallery_of_a_model_id_with_odd_characters_is_found(tmp_path):
     out = make_sweep_dir(tmp_path / "s", models=(model,), attacks=("pgd",), gallery=False)
     write_gallery(out / "gallery" / f"{file_stem(model)}.npz")
     html = robustcnn.report(out).read_text()
-    assert "Gallery not in this sweep." not in html and "data:image/png" in html
+    assert "Gallery not in this sweep." not in html and "data:image/" in html
 
 
 def test_reference_eps_sources():

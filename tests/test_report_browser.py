@@ -91,9 +91,19 @@ def test_report_renders_offline_in_chromium(tmp_path):
                 assert box is not None and box["width"] > 300 and box["height"] > 150
             assert page.locator("svg.plot polyline").count() >= 3 * len(models)
             assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-            assert page.locator("#gallery img").count() == 2 * 6 * 3  # EVIL can't be a file name: no gallery
+            assert page.locator("#gallery img").count() == 2  # a sheet per model; EVIL can't be a file name
+            page.locator("#gallery details summary").first.click()  # galleries are folded: open one
+            assert page.locator("#gallery img").first.bounding_box()["width"] > 6 * 60  # 6 examples, scaled up
             assert "<i>digit 1</i>" in page.inner_text("#gallery")
             assert page.locator(".badge.fail").count() >= 1  # the tally shows "0 fail"
+            assert page.locator("table.matrix tbody tr").count() == len(models)
+            assert not page.locator("table.matrix").is_visible()  # passes and skips are folded away
+            page.locator("details.matrix summary").click()
+            assert page.locator("table.matrix").is_visible()
+            mark = page.evaluate("getComputedStyle(document.querySelector('td.c.pass'), '::before').content")
+            assert "\u2713" in mark  # the mark is drawn; the word "pass" is there for screen readers
+            marker = page.locator("svg.plot polyline.line").first.evaluate("e => getComputedStyle(e).markerMid")
+            assert marker.startswith("url(") and "mk0" in marker  # markers come from the shared definitions
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:
             browser.close()

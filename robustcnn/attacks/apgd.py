@@ -2,6 +2,9 @@
 (ART `AutoProjectedGradientDescent`). DLR is invariant to the logits' scale, which defeats some
 gradient masking that fools cross-entropy. Every iterate counts (AutoAttack's rule): an example is broken
 when any point APGD evaluated inside the ball is misclassified, not only the one ART returns.
+
+Batch-independent as the sweep runs it: random starts are drawn per example (`per_example_starts`), and ART's
+step sizes are per image. One exception in ART: a batch stops early when every loss in it is exactly 0.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robustcnn.art_setup import import_art
+from robustcnn.attacks.art import narrowed_starts
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, INT, option
 from robustcnn.errors import UsageError
@@ -98,7 +102,8 @@ class ApgdTargeted(_Apgd):
             if not len(index):
                 break
             targets = np.eye(self.target.num_classes, dtype=np.float32)[wrong[index, k]]
-            candidate = attack.generate(x[index], targets)
+            with narrowed_starts(index, wrong[index, k], targeted=True):  # rows `index`, each with its own starts
+                candidate = attack.generate(x[index], targets)
             broken = self._labels(candidate) != y[index]
             x_adv[index[broken]] = candidate[broken]
             correct[index[broken]] = False

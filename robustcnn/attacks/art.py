@@ -9,6 +9,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,11 @@ def classifier_class() -> type:
     from art.estimators.classification import PyTorchClassifier
 
     class Classifier(PyTorchClassifier):
+        def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
+            predicted = super().predict(x, batch_size=batch_size, training_mode=training_mode, **kwargs)
+            _seen_prediction(predicted)  # which rows APGD restarts from (`per_example_starts`)
+            return predicted
+
         def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
             lean = (
                 isinstance(x, torch.Tensor)
@@ -340,8 +346,171 @@ def pgd_class() -> type:
                 and art_norm(self.norm) in (math.inf, 2.0)
                 and self.estimator.clip_values is not None
             )
-            if not lean:  # the first step (random start) and every case the lean step does not cover
+            if random_init:  # the rows of this batch start at rows batch_id * batch_size on (`per_example_starts`)
+                with _batch_offset(self._batch_id * self.batch_size):
+                    return super()._compute_pytorch(x, x_init, y, mask, eps, eps_step, random_init, momentum)
+            if not lean:  # every case the lean step does not cover
                 return super()._compute_pytorch(x, x_init, y, mask, eps, eps_step, random_init, momentum)
             return pgd_step(self, x, x_init, y, float(eps), float(eps_step))
 
     return Pgd
+
+
+# --- random starts drawn per example ----------------------------------------------------------------
+ART_STARTS_MODULES = (ART_PGD_MODULE, "art.attacks.evasion.auto_projected_gradient_descent")  # random_sphere users
+
+
+@dataclass(frozen=True)
+class Starts:
+    """The random starts of one cell, drawn per example: the k-th start of example `ids[i]` comes from a generator
+    seeded by (seed, ids[i], k), whichever batch the example is in and however large it is."""
+
+    seed: int  # the cell's (ChainRunner.cell seeds torch with it: `torch.initial_seed()`)
+    ids: np.ndarray  # (n,) the examples' identities (their place in the model's test images), one per row of x
+    draws: dict[int, int] = field(default_factory=dict)  # example id -> starts drawn so far in this call
+
+    def draw(self, example: int, dims: int, radius: float, norm: float) -> np.ndarray:
+        """(dims,) float64: what ART's `random_sphere` draws for one point, from the example's own generator."""
+        k = self.draws.get(example, 0)
+        self.draws[example] = k + 1
+        rng = np.random.default_rng([self.seed, example, k])
+        if norm == math.inf:
+            return rng.uniform(-radius, radius, dims)  # ART: uniform in the box
+        from scipy.special import gammainc
+
+        a = rng.standard_normal(dims)  # ART's formula: a direction, and a radius with the L2 ball's law
+        s_2 = np.sum(a**2)
+        return a * (gammainc(dims / 2.0, s_2 / 2.0) ** (1 / dims) * radius / np.sqrt(s_2))
+
+
+@dataclass
+class _Call:
+    """One ART generate call under `per_example_starts`: which example each row is, and what ART compares with."""
+
+    starts: Starts
+    ids: np.ndarray  # (n,) example id of each row handed to ART
+    labels: np.ndarray  # (n,) the class ART compares predictions with (the true one; the target when targeted)
+    targeted: bool
+    offset: int | None = None  # PGD: the first row of the batch ART is attacking (`Pgd._compute_pytorch`)
+    predicted: np.ndarray | None = None  # ART's last prediction of every row (`Classifier.predict`)
+
+    def rows(self, count: int) -> np.ndarray:
+        """The example ids of the `count` rows ART asks starts for. PGD: its current batch (offset). APGD: every
+        row, or at a restart the rows its last prediction left unbroken, as ART itself selects them."""
+        if self.offset is not None:
+            return self.ids[self.offset : self.offset + count]
+        if count == len(self.ids):
+            return self.ids
+        if self.predicted is not None:
+            right = self.predicted.argmax(1) == self.labels
+            left = self.ids[~right if self.targeted else right]
+            if len(left) == count:
+                return left
+        raise RuntimeError(
+            f"ART asked for {count} random starts of a batch of {len(self.ids)} and robustcnn cannot tell which "
+            "examples they are for (has ART's PGD or APGD changed?)"
+        )
+
+
+class _StartsState(threading.local):
+    def __init__(self):
+        self.calls: list[_Call] = []  # this thread's open calls, innermost last
+
+
+_CALLS = _StartsState()
+
+
+@contextlib.contextmanager
+def per_example_starts(starts: Starts | None, labels: np.ndarray, targeted: bool = False) -> Iterator[None]:
+    """ART's PGD and APGD (`ART_STARTS_MODULES`) draw their random starts from `starts`, per example, in this thread
+    while the block runs; `labels` (n,): the classes the call's y stands for. starts None: ART's own draws.
+
+    ART draws a whole batch's starts from numpy's global generator (`art.utils.random_sphere`), so they depend on
+    which batch an example lands in. The two modules' `random_sphere` is replaced while any block is open in any
+    thread (the first block in patches, the last one out restores, as `lazy_success_rate`); the replacement serves
+    only threads with a block open and calls ART's own everywhere else (and for norms or radii other than a scalar
+    radius in Linf or L2, which robustcnn's attacks never ask for).
+    """
+    if starts is None:
+        yield
+        return
+    with _open_call(_Call(starts, np.asarray(starts.ids), np.asarray(labels), targeted)):
+        yield
+
+
+@contextlib.contextmanager
+def narrowed_starts(index: np.ndarray, labels: np.ndarray, targeted: bool) -> Iterator[None]:
+    """Inside `per_example_starts`: the next ART call takes only rows `index` of the enclosing call's, with `labels`
+    (APGD-T runs one target class at a time); outside it, nothing."""
+    if not _CALLS.calls:
+        yield
+        return
+    outer = _CALLS.calls[-1]
+    with _open_call(_Call(outer.starts, outer.ids[index], np.asarray(labels), targeted)):
+        yield
+
+
+@contextlib.contextmanager
+def _open_call(call: _Call) -> Iterator[None]:
+    _patch_starts(+1)
+    _CALLS.calls.append(call)
+    try:
+        yield
+    finally:
+        _CALLS.calls.pop()
+        _patch_starts(-1)
+
+
+class _PatchState:
+    lock = threading.Lock()
+    depth = 0  # blocks of per_example_starts open now, in any thread
+    original: Any = None  # ART's random_sphere while patched
+
+
+_STARTS = _PatchState()
+
+
+def _patch_starts(change: int) -> None:
+    import_art()
+    modules = [importlib.import_module(name) for name in ART_STARTS_MODULES]
+    with _STARTS.lock:
+        if change > 0 and _STARTS.depth == 0:
+            _STARTS.original = modules[0].random_sphere
+            for module in modules:
+                module.random_sphere = _random_sphere
+        _STARTS.depth += change
+        if change < 0 and _STARTS.depth == 0:
+            for module in modules:
+                module.random_sphere = _STARTS.original
+            _STARTS.original = None
+
+
+def _random_sphere(nb_points: int, nb_dims: int, radius, norm) -> np.ndarray:
+    """ART's `random_sphere` with each row drawn from its example's generator (see `per_example_starts`)."""
+    call = _CALLS.calls[-1] if _CALLS.calls else None
+    if call is None or np.ndim(radius) != 0 or art_norm(norm) not in (math.inf, 2.0):
+        return _STARTS.original(nb_points, nb_dims, radius, norm)
+    rows = call.rows(nb_points)
+    out = np.empty((nb_points, nb_dims))  # (n, d) float64, as ART's
+    for i, example in enumerate(rows.tolist()):
+        out[i] = call.starts.draw(int(example), nb_dims, float(radius), art_norm(norm))
+    return out
+
+
+@contextlib.contextmanager
+def _batch_offset(offset: int) -> Iterator[None]:
+    call = _CALLS.calls[-1] if _CALLS.calls else None
+    if call is None:
+        yield
+        return
+    call.offset = offset
+    try:
+        yield
+    finally:
+        call.offset = None
+
+
+def _seen_prediction(predicted: np.ndarray) -> None:
+    call = _CALLS.calls[-1] if _CALLS.calls else None
+    if call is not None and len(predicted) == len(call.ids):
+        call.predicted = predicted

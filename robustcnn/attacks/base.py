@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from robustcnn.attacks.art import pin_device
+from robustcnn.attacks.art import Starts, per_example_starts, pin_device
 from robustcnn.config import from_mapping, to_dict
 from robustcnn.errors import UsageError
 from robustcnn.registry import Registry
@@ -36,8 +36,9 @@ class Target:
     classifier: Any  # art.estimators.classification.PyTorchClassifier
     model: torch.nn.Module
     device: torch.device
-    batch_size: int  # examples per ART call: large on GPUs, ~128 on CPUs (cache-bound)
+    batch_size: int  # examples per ART call: large on GPUs, ~128 on CPUs (cache-bound); the sweep may halve it
     num_classes: int
+    batch_choice: Any = None  # how batch_size was chosen ({"requested": N or "auto", ...}), for the manifest
 
 
 class Attack:
@@ -97,15 +98,20 @@ class BoundedAttack(Attack):
         """Whether every iterate counts (AutoAttack's rule), not only the returned one: iterative attacks."""
         return bool(getattr(self.params, "any_iterate", False))
 
-    def generate(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps."""
-        if not self.records_iterates():
-            return self.run(x, y, eps)
-        from robustcnn.attacks.art import IterateRecorder
+    def generate(self, x: np.ndarray, y: np.ndarray, eps: float, starts: Starts | None = None) -> np.ndarray:
+        """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps.
 
-        with IterateRecorder(self.target.model, x, y, eps, self.norm.art) as recorder:
-            x_adv = self.run(x, y, eps)
-        return recorder.apply(x_adv)
+        `starts`: random starts drawn per example (PGD, APGD), so an example's x_adv does not depend on the batch it
+        is in; None: ART's, drawn for the whole batch from numpy's global generator.
+        """
+        with per_example_starts(starts, y):
+            if not self.records_iterates():
+                return self.run(x, y, eps)
+            from robustcnn.attacks.art import IterateRecorder
+
+            with IterateRecorder(self.target.model, x, y, eps, self.norm.art) as recorder:
+                x_adv = self.run(x, y, eps)
+            return recorder.apply(x_adv)
 
     def run(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         return self.art_attack(eps).generate(x, y)  # y: true labels, never ART's predicted-label default

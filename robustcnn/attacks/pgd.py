@@ -1,7 +1,8 @@
 """pgd: Madry et al. (2018), projected gradient descent from a random start (ART `ProjectedGradientDescentPyTorch`).
 
 Defaults follow Madry et al.: step = 2.5 * eps / steps, so the steps can cross the ball from any start.
-`restarts` > 1 keeps, per example, the first restart that succeeds.
+`restarts` > 1 keeps, per example, the first restart that succeeds. Batch-independent as the sweep runs it: each
+example's random starts come from its own generator (`per_example_starts`), and every step is per example.
 """
 
 from __future__ import annotations

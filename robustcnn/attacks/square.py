@@ -2,6 +2,11 @@
 
 It uses only the model's outputs, so when it beats the white-box attacks the gradients are lying
 (gradient masking). Its cost is in queries: one forward pass of the batch per query (README, "Benchmarks").
+
+Not batch-independent: ART draws one square (position and size) per iteration for the whole batch, from numpy's
+global generator, so an example's result depends on the other examples of its batch and on the batch size (a
+batch redone smaller after running out of GPU memory gives other, equally valid, numbers). Making it per example
+would mean rewriting ART's attack; its results are reproducible for a given seed and batch size.
 """
 
 from __future__ import annotations

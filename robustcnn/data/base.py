@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +34,69 @@ class Split(str, Enum):
             raise UsageError(f"unknown split {value!r}; choose one of: train, test") from None
 
 
+class Interpolation(str, Enum):
+    """How --resize resamples (torchvision's InterpolationMode of the same name, on PIL images)."""
+
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    NEAREST = "nearest"
+    LANCZOS = "lanczos"
+
+    @classmethod
+    def parse(cls, value: object) -> Interpolation:
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise ValueError(f"choose one of: {', '.join(m.value for m in cls)}") from None
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """An ImageNet-style eval transform: shorter side resized to `resize` (antialiased), centre crop `crop` x `crop`."""
+
+    resize: int | None = None  # pixels of the shorter side after resizing; None: not resized
+    crop: int | None = None  # side of the centre crop, pixels; None: not cropped
+    interpolation: Interpolation = Interpolation.BILINEAR  # resampling of the resize
+
+    def describe(self) -> str:
+        """E.g. 'resize 256 bilinear, crop 224' (what the one-line notes and the dataset's variant say)."""
+        parts = [f"resize {self.resize} {self.interpolation.value}"] if self.resize else []
+        return ", ".join(parts + ([f"crop {self.crop}"] if self.crop else []))
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """How an image folder (imagefolder:PATH) is read: its eval transform and where its labels come from.
+
+    The files are paths as given; the rules are in the docstring of robustcnn/data/imagefolder/__init__.py.
+    """
+
+    resize: int | None = None  # shorter side to this many pixels, antialiased (torchvision's resize of a PIL image)
+    crop: int | None = None  # centre crop to this many pixels square, after the resize
+    interpolation: Interpolation | None = None  # resampling of the resize; None: bilinear
+    class_map: str | None = None  # text or JSON file: folder (or label) name -> class index
+    labels: str | None = None  # file of NAME,LABEL lines: PATH holds the images directly (no class folders)
+    subset: str | None = None  # file of image names (relative to the test folder): only these, in this order
+
+    @property
+    def transform(self) -> EvalTransform:
+        return EvalTransform(self.resize, self.crop, self.interpolation or Interpolation.BILINEAR)
+
+    def given(self) -> dict[str, Any]:
+        """The options set, as JSON (empty for plain reading)."""
+        out = {}
+        for name in ("resize", "crop", "interpolation", "class_map", "labels", "subset"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.value if isinstance(value, Interpolation) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FolderOptions:
+        interpolation = data.get("interpolation")
+        return cls(**{**data, "interpolation": Interpolation.parse(interpolation) if interpolation else None})
+
+
 class Augment(str, Enum):
     NONE = "none"
     CROP = "crop"  # random 4-pixel-padded crop: digits must not be mirrored
@@ -52,6 +115,8 @@ class DatasetInfo:
     augment: Augment = Augment.NONE  # training-time augmentation
     train_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields that suit this data
     has_train: bool = True  # False for test-only data (an npz without x_train): it can be evaluated, not trained on
+    folder: FolderOptions = FolderOptions()  # how an image folder was read (what reads the same images again needs)
+    variant: str = ""  # what else identifies the images and labels (transform, label files' hashes); "" for plain
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +140,7 @@ class DatasetInfo:
             "l2_eps": self.l2_eps,
             "augment": self.augment.value,
             "has_train": self.has_train,
+            **({"folder": self.folder.given(), "variant": self.variant} if self.variant else {}),
         }
 
     @classmethod
@@ -89,6 +155,8 @@ class DatasetInfo:
             l2_eps=float(data.get("l2_eps", 0.5)),
             augment=Augment(data.get("augment", "none")),
             has_train=bool(data.get("has_train", True)),  # absent in runs saved before the field existed
+            folder=FolderOptions.from_dict(data.get("folder") or {}),
+            variant=str(data.get("variant", "")),
         )
 
 
@@ -147,10 +215,17 @@ class DataOptions:
     data_dir: Path  # where downloadable datasets live (or are downloaded to)
     download: bool = False  # fetch missing files from the internet
     argument: str | None = None  # the PATH in "imagefolder:PATH"
+    folder: FolderOptions = FolderOptions()  # transform and labels of an image folder (imagefolder only)
 
 
 class Source:
-    """One dataset: subclasses describe it (`info`) and read a split (`load`)."""
+    """One dataset: subclasses describe it (`info`) and read a split (`load`).
+
+    A source that can read single images sets `lazy` and overrides `labels` and `load_subset`: the data package
+    then asks it for a split's labels and for the images evaluated only, instead of holding the whole split.
+    """
+
+    lazy: ClassVar[bool] = False
 
     def info(self, options: DataOptions) -> DatasetInfo:
         raise NotImplementedError
@@ -158,6 +233,17 @@ class Source:
     def load(self, split: Split, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (x uint8 (N, C, H, W), y int64 (N,))."""
         raise NotImplementedError
+
+    def labels(self, split: Split, options: DataOptions) -> torch.Tensor:
+        """The split's labels, y int64 (N,): its size and classes without its images where the source can."""
+        return self.load(split, options)[1]
+
+    def load_subset(self, split: Split, options: DataOptions, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `index` (positions in the split, in this order) of a split: (x (n, C, H, W), y (n,)).
+        Sources that can read single images decode only these; the default reads the split and picks."""
+        x, y = self.load(split, options)
+        index = torch.as_tensor(index, dtype=torch.long)
+        return x[index], y[index]
 
 
 DATASETS: Registry[type[Source]] = Registry("dataset")

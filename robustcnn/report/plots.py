@@ -4,6 +4,10 @@ The charts are simple (lines, 95% bands, markers, one reference line), so they a
 a dozen figures take milliseconds, where matplotlib needed about a second per report. User text (model
 ids, attack names) never goes into a figure: titles and legends are HTML beside it, escaped by the
 template, and each model keeps one colour and marker across every figure.
+
+A model's look is written once per page, not once per line: `series_css` gives each model a class (colour,
+dash, and a `<marker>` at every point) and `series_defs` the markers and legend swatches, which every figure
+and legend references by id. A line is then its points and a class, whatever the number of models.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from markupsafe import Markup, escape
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-MARKERS = ["o", "s", "^", "D", "v"]  # paired with the colours, so 10 models get 10 distinct looks
+MARKERS = ["o", "s", "^", "D", "v"]  # paired with the colours, shifted by one each round of colours
 PANEL = (440, 270)  # one panel's size in CSS pixels (the page scales it down on narrow screens)
 MARGIN = (58, 14, 42, 24)  # left, right, bottom, top, in pixels: room for tick labels, axis label, title
 FONT = 11  # tick and axis label size in pixels
@@ -26,17 +30,55 @@ class Style:
     color: str  # hex colour
     marker: str  # o s ^ D v
     dashed: bool  # the second round of colours is dashed
+    index: int = 0  # the model's place in the sweep: its class `s{index}` and ids `mk{index}`, `sw{index}`
 
     @property
     def dasharray(self) -> str:
         return "5 3" if self.dashed else "none"
 
+    @property
+    def css_class(self) -> str:
+        return f"s{self.index}"
+
 
 def model_styles(models: list[str]) -> dict[str, Style]:
+    """Colour, marker and dash per model: 20 models get 20 distinct looks (model 10 differs from model 0 by
+    its dashes and its marker), and the look repeats only after 100 models."""
+    rounds = lambda i: i // len(COLORS)
     return {
-        m: Style(COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)], (i // len(COLORS)) % 2 == 1)
+        m: Style(COLORS[i % len(COLORS)], MARKERS[(i + rounds(i)) % len(MARKERS)], rounds(i) % 2 == 1, i)
         for i, m in enumerate(models)
     }
+
+
+def series_css(styles: dict[str, Style]) -> Markup:
+    """One CSS rule per model for its lines (`s{i}`) and bands (`b{i}`); thin lines have no markers."""
+    rules = []
+    for style in styles.values():
+        i, color = style.index, style.color
+        rules.append(
+            f".s{i}{{stroke:{color};stroke-dasharray:{style.dasharray};"
+            f"marker-start:url(#mk{i});marker-mid:url(#mk{i});marker-end:url(#mk{i})}} .b{i}{{fill:{color}}}"
+        )
+    return Markup("\n".join(rules))  # hex colours and numbers only
+
+
+def series_defs(styles: dict[str, Style]) -> Markup:
+    """A zero-size <svg> holding each model's marker and legend swatch, for every figure to reference by id. Not
+    display:none or visibility:hidden: a marker inherits from where it is defined, and would vanish with them."""
+    parts = ['<svg class="defs" width="0" height="0" aria-hidden="true"><defs>']
+    for style in styles.values():
+        i, color = style.index, style.color
+        parts.append(
+            f'<marker id="mk{i}" markerUnits="userSpaceOnUse" markerWidth="9" markerHeight="9" viewBox="-4.5 -4.5 9 9" '
+            f'refX="0" refY="0" overflow="visible">{marker(style.marker, 0, 0, color)}</marker>'
+        )
+        parts.append(
+            f'<symbol id="sw{i}" viewBox="0 0 30 12"><line x1="0" y1="6" x2="30" y2="6" stroke="{color}" '
+            f'stroke-width="2" stroke-dasharray="{style.dasharray}"/>{marker(style.marker, 15, 6, color)}</symbol>'
+        )
+    parts.append("</defs></svg>")
+    return Markup("".join(parts))
 
 
 @dataclass(frozen=True)
@@ -140,6 +182,8 @@ def _axes(panel: Panel, x_ticks, y_ticks, sx, sy, left: float, top: float, w: fl
 
 
 def _curve(curve: Curve, style: Style, sx, sy) -> str:
+    """The band (a polygon) and the line (a polyline) of one curve; colour, dash and markers come from the
+    model's class (`series_css`), so a line costs its points only."""
     keep = np.isfinite(curve.x) & np.isfinite(curve.y)
     order = np.argsort(curve.x[keep], kind="stable")
     x, y = curve.x[keep][order], curve.y[keep][order]
@@ -152,26 +196,19 @@ def _curve(curve: Curve, style: Style, sx, sy) -> str:
         if ok.any():
             edge = [f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x[ok], high[ok], strict=True)]
             edge += [f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x[ok][::-1], low[ok][::-1], strict=True)]
-            out.append(f'<polygon points="{" ".join(edge)}" fill="{style.color}" fill-opacity="0.15"/>')
+            out.append(f'<polygon class="band b{style.index}" points="{" ".join(edge)}"/>')
     points = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True))
-    dash = "4 3" if curve.thin else style.dasharray
-    stroke = 1.0 if curve.thin else 1.8
-    out.append(
-        f'<polyline points="{points}" fill="none" stroke="{style.color}" stroke-width="{stroke}" '
-        f'stroke-dasharray="{dash}" stroke-linejoin="round"/>'
-    )
-    if not curve.thin:
-        out.extend(marker(style.marker, sx(a), sy(b), style.color) for a, b in zip(x, y, strict=True))
+    thin = " thin" if curve.thin else ""
+    out.append(f'<polyline class="line {style.css_class}{thin}" points="{points}"/>')
     return "".join(out)
 
 
 def swatch(style: Style) -> Markup:
-    """A model's line and marker for the HTML legend beside the figures."""
-    dash = style.dasharray
-    line = f'<line x1="0" y1="6" x2="30" y2="6" stroke="{style.color}" stroke-width="2" stroke-dasharray="{dash}"/>'
+    """A model's line and marker for the HTML legends and the headline table: a reference to its symbol in
+    `series_defs`."""
     return Markup(
         f'<svg class="swatch" width="30" height="12" viewBox="0 0 30 12" aria-hidden="true">'
-        f"{line}{marker(style.marker, 15, 6, style.color)}</svg>"
+        f'<use href="#sw{style.index}"/></svg>'
     )
 
 

@@ -14,10 +14,11 @@ from markupsafe import Markup
 
 from robustcnn.report import images
 from robustcnn.report.bracket import bracket
-from robustcnn.report.checks import DOCS, SEVERITY, Check, Status, counts, titles
+from robustcnn.report.checks import DOCS, Check, Status, counts, titles
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
-from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, swatch
+from robustcnn.report.matrix import MARKS, check_matrix
+from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, series_css, series_defs, swatch
 from robustcnn.report.tables import Headline, markdown_table
 from robustcnn.results import ModelEntry, RowKind, gallery_file, patch_file
 
@@ -56,8 +57,12 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "cascade": bool(_suite_field(data, "cascade")),
         "datasets": sorted(set(data.results["dataset"]) - {""}),
         "models": [(model, styles[model]) for model in data.model_ids],
+        "styles": styles,
+        "series_css": series_css(styles),
+        "series_defs": series_defs(styles),
         "headline": table,
-        "checks": sorted(checks, key=lambda c: -SEVERITY[c.status]),  # problems first; stable within a status
+        "matrix": check_matrix(checks, data.model_ids),
+        "marks": {status.value: mark for status, mark in MARKS.items()},
         "counts": counts(checks),
         "titles": titles(),
         "docs": DOCS,
@@ -67,6 +72,7 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "smoothing": smoothing_section(data, styles),
         "patches": patch_sections(data, styles),
         "galleries": galleries(data),
+        "gallery_files": {model: gallery_file(model) for model in data.model_ids},
         "training": training_figure(data, styles),
         "repro": reproducibility(data),
         "rows": result_rows(data.results),
@@ -225,10 +231,10 @@ def _patch_picture(data: SweepData, model: str, attack: str) -> str | None:
 
 
 def galleries(data: SweepData) -> list[tuple[str, images.Gallery | str]]:
-    found = []
+    found, shown = [], images.examples_per_model(len(data.model_ids))
     for model in data.model_ids:
         names = list(data.models[model].class_names or ())
-        found.append((model, images.load_gallery(data.out_dir / gallery_file(model), names)))
+        found.append((model, images.load_gallery(data.out_dir / gallery_file(model), names, shown)))
     return found
 
 
@@ -281,15 +287,35 @@ def reproducibility(data: SweepData) -> dict[str, Any]:
         "command": str(command),
         "fields": fields,
         "suite": [(k, _plain(v)) for k, v in suite.items() if k != "text" and v not in (None, "")],
-        "suite_text": str(suite.get("text", "")),
+        "suite_text": pre_text(str(suite.get("text", ""))),
         "config": _pairs(manifest.get("config")),
         "versions": _pairs(manifest.get("versions")),
         "machine": _pairs(manifest.get("machine")),
         "timings": _pairs(manifest.get("timings")),
         "models": [_model_row(data, m) for m in data.model_ids],
         "seconds": _seconds(data.results),
-        "manifest": json.dumps(manifest, indent=2, default=str) if manifest else "",
+        "manifest": pre_text(compact_json(manifest)) if manifest else "",
     }
+
+
+def pre_text(text: str) -> Markup:
+    """Text for the inside of a <pre>, escaped as element content needs (& < >), not as an attribute: autoescape
+    would also turn each of JSON's quotes into 5 bytes."""
+    return Markup(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def compact_json(value: Any, indent: str = "", width: int = 110) -> str:
+    """JSON indented like `indent=2`, but a list or object that fits in `width` characters stays on one line:
+    a model check or an epoch of the training log is one line, and the page carries half the whitespace."""
+    flat = json.dumps(value, default=str, separators=(", ", ": "))
+    if len(indent) + len(flat) <= width or not isinstance(value, (dict, list)) or not value:
+        return flat
+    inner = indent + "  "
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {compact_json(v, inner, width)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    items = [inner + compact_json(v, inner, width) for v in value]
+    return "[\n" + ",\n".join(items) + f"\n{indent}]"
 
 
 def _plain(value: Any) -> str:

@@ -3,104 +3,176 @@
 No files, no caching, no rows: each attack kind (kinds/) decides which examples each cell attacks, and
 `ChainRunner` (chains.py) seeds it and keeps what it returns. So a cell computes the same in this process or in
 any other (a Ray task, a shard).
-Every function takes x (n, C, H, W) float32 in [0, 1] and y (n,) true labels and returns per-example flags:
-True where the example is still classified correctly.
+Every function takes the model's test images as `Examples` and works batch by batch: a batch of indices is
+converted to float, attacked and predicted, and only per-example flags, distances or radii are kept for the whole
+set (never a float copy of it). It returns per-example flags: True where the example is still classified correctly.
+Random starts are drawn per example (`Starts`), so the flags do not depend on the batch size, and a batch redone
+smaller after running out of GPU memory (`Batches`) gives the same flags.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from robustcnn.attacks import Target
-from robustcnn.console import progress
+from robustcnn.attacks.art import Starts
+from robustcnn.data import ImageSet
+from robustcnn.sweep.batching import Batches
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A model's n test images as cells read them: kept as the ImageSet holds them (uint8 for 8-bit data),
+    converted to float one batch at a time, with the model's batch size."""
+
+    images: ImageSet  # the n test images; an example's identity is its place here
+    batches: Batches  # the model's batch size, halved when a batch runs out of GPU memory
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.images.y.numpy()  # (n,) true labels, a view
+
+    def x(self, index: np.ndarray) -> np.ndarray:
+        """(len(index), C, H, W) float32 in [0, 1]: a new array, which attacks may change."""
+        return self.images.images(torch.from_numpy(np.asarray(index, dtype=np.int64))).numpy()
+
+    def first(self, size: int) -> Examples:
+        return Examples(self.images.subset(np.arange(size)), self.batches)
+
+
+def start_seed() -> int:
+    """The seed of the cell's random starts: the one `ChainRunner.cell` gave torch (`seed_all`), read without
+    drawing from any generator, so every other random number of the cell is what it was before starts per example."""
+    return torch.initial_seed()
+
+
+def labels(target: Target, x: np.ndarray) -> np.ndarray:
+    """Predicted classes of one batch x (k, C, H, W), on the target's device."""
+    with torch.no_grad():
+        return target.model(torch.from_numpy(x).to(target.device)).argmax(1).cpu().numpy()
 
 
 def predict(target: Target, x: np.ndarray) -> np.ndarray:
-    """Predicted classes for x, in batches on the target's device."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x), target.batch_size):
-            batch = torch.from_numpy(x[start : start + target.batch_size]).to(target.device)
-            out.append(target.model(batch).argmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+    """Predicted classes for a few images in memory (the gallery), in batches of the target's batch size."""
+    out = [labels(target, x[start : start + target.batch_size]) for start in range(0, len(x), target.batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def in_batches(generate, x: np.ndarray, y: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """Runs an attack batch by batch so progress shows and Ctrl-C lands between batches."""
-    x_adv = np.empty_like(x)
-    for start in progress(range(0, len(x), batch_size), desc=desc, unit="batch"):
-        stop = start + batch_size
-        x_adv[start:stop] = generate(x[start:stop], y[start:stop])
-    return x_adv
+def in_batches(work: Callable[[np.ndarray], None], index: np.ndarray, batches: Batches, desc: str) -> None:
+    """work(part) for consecutive parts of `index` (example ids), a batch at a time, so progress shows, Ctrl-C lands
+    between batches, and a batch out of GPU memory is redone smaller."""
+    batches.run(len(index), lambda start, stop: work(index[start:stop]), desc)
 
 
-def clean(target: Target, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return predict(target, x) == y
+def clean(target: Target, examples: Examples) -> np.ndarray:
+    """(n,) True where the model classifies the image correctly."""
+    correct = np.zeros(len(examples), dtype=bool)
+    y = examples.y
+
+    def work(part: np.ndarray) -> None:
+        correct[part] = labels(target, examples.x(part)) == y[part]
+
+    examples.batches.run(len(examples), lambda start, stop: work(np.arange(start, stop)), "clean")
+    return correct
 
 
-def bounded(attack, target: Target, x: np.ndarray, y: np.ndarray, todo: np.ndarray, eps: float) -> np.ndarray:
+def bounded(attack, target: Target, examples: Examples, todo: np.ndarray, eps: float) -> np.ndarray:
     """One eps: the examples in `todo` are attacked; every other example counts as not robust."""
-    robust = np.zeros(len(x), dtype=bool)
+    robust = np.zeros(len(examples), dtype=bool)
     index = np.flatnonzero(todo)
     if len(index):
-        generate = lambda xb, yb: attack.generate(xb, yb, eps)  # noqa: E731
-        x_adv = in_batches(generate, x[index], y[index], target.batch_size, f"{attack.name} eps={eps:.4g}")
-        robust[index] = predict(target, x_adv) == y[index]
+        y, seed = examples.y, start_seed()
+
+        def work(part: np.ndarray) -> None:
+            x_adv = attack.generate(examples.x(part), y[part], eps, starts=Starts(seed, part))
+            robust[part] = labels(target, x_adv) == y[part]
+
+        in_batches(work, index, examples.batches, f"{attack.name} eps={eps:.4g}")
     return robust
 
 
-def certified(bound, target: Target, x: np.ndarray, y: np.ndarray, todo: np.ndarray, eps: float) -> np.ndarray:
+def certified(bound, target: Target, examples: Examples, todo: np.ndarray, eps: float) -> np.ndarray:
     """One eps: True where the prediction is proven correct over the whole ball; only `todo` is tried."""
-    proven = np.zeros(len(x), dtype=bool)
+    proven = np.zeros(len(examples), dtype=bool)
     index = np.flatnonzero(todo)
+    y = examples.y
+
+    def work(part: np.ndarray) -> None:
+        proven[part] = bound.certify(examples.x(part), y[part], eps)
+
     if len(index):
-        proven[index] = bound.certify(x[index], y[index], eps)
+        in_batches(work, index, examples.batches, f"{bound.name} eps={eps:.4g}")
     return proven
 
 
-def smoothed(certificate, x: np.ndarray, y: np.ndarray, grid) -> tuple[np.ndarray, np.ndarray]:
+def smoothed(certificate, examples: Examples, grid) -> tuple[np.ndarray, np.ndarray]:
     """Every image, clean-correct or not (the smoothed classifier is another classifier): (flags (len(grid), n)
-    where it is right and certified to each radius, the radius of each, 0 where it abstains or is wrong)."""
+    where it is right and certified to each radius, the radius of each, 0 where it abstains or is wrong).
+    ART certifies image by image, drawing its noise in order: batches change no number."""
     from robustcnn.attacks.smoothing import smoothing_flags
 
-    prediction, radius = certificate.certify(x, y)
+    y = examples.y
+    prediction, radius = np.zeros(len(y), dtype=np.int64), np.zeros(len(y))
+
+    def work(part: np.ndarray) -> None:
+        prediction[part], radius[part] = certificate.certify(examples.x(part), y[part])
+
+    in_batches(work, np.arange(len(y)), examples.batches, certificate.name)
     return smoothing_flags(prediction, radius, y, grid), np.where(prediction == y, radius, 0.0)
 
 
-def minimal(attack, target: Target, x: np.ndarray, y: np.ndarray, correct: np.ndarray, grid) -> tuple:
+def minimal(attack, target: Target, examples: Examples, correct: np.ndarray, grid) -> tuple:
     """One run answers every eps: (flags (len(grid), n), the distance each example needed, inf if none)."""
     index = np.flatnonzero(correct)
-    distance = np.full(len(x), np.inf)
+    distance = np.full(len(examples), np.inf)
+    y = examples.y
+    order = np.inf if attack.norm.art == math.inf else 2
+
+    def work(part: np.ndarray) -> None:
+        x = examples.x(part)
+        x_adv = attack.generate(x, y[part])
+        fooled = labels(target, x_adv) != y[part]
+        norms = np.linalg.norm((x_adv - x).reshape(len(part), -1), ord=order, axis=1)
+        distance[part] = np.where(fooled, norms, np.inf)
+
     if len(index):
-        x_adv = in_batches(attack.generate, x[index], y[index], target.batch_size, attack.name)
-        fooled = predict(target, x_adv) != y[index]
-        order = np.inf if attack.norm.art == math.inf else 2
-        norms = np.linalg.norm((x_adv - x[index]).reshape(len(index), -1), ord=order, axis=1)
-        distance[index] = np.where(fooled, norms, np.inf)
+        in_batches(work, index, examples.batches, attack.name)
     flags = np.stack([correct & (distance > eps * (1 + 1e-6)) for eps in grid])
     return flags, distance
 
 
-def patch(attack, target: Target, x, y, x_train, y_train, scales, goal: int) -> tuple:
-    """The patch trained on (x_train, y_train), pasted on x at every scale: (flags, target success per scale, patch)."""
+def patch(attack, target: Target, examples: Examples, x_train, y_train, scales, goal: int) -> tuple:
+    """The patch trained on (x_train, y_train), pasted on every image at every scale: (flags, target success per
+    scale, patch). ART places the patch image by image, drawing in order: batches change no number."""
     trained = attack.train_patch(x_train, y_train, scales)
+    y = examples.y
     flags, success = [], []
     others = y != goal
     for scale in scales:
-        predicted = predict(target, attack.apply(x, scale, trained, scales))
+        predicted = np.zeros(len(y), dtype=np.int64)
+
+        def work(part: np.ndarray, scale=scale, predicted=predicted) -> None:
+            predicted[part] = labels(target, attack.apply(examples.x(part), scale, trained, scales))
+
+        in_batches(work, np.arange(len(y)), examples.batches, f"{attack.name} scale={scale:g}")
         flags.append(predicted == y)
         success.append(float((predicted[others] == goal).mean()) if others.any() else math.nan)
     return np.stack(flags), success, trained.astype(np.float32)
 
 
-def probe(attack, target: Target, x: np.ndarray, y: np.ndarray, grid) -> np.ndarray:
+def probe(attack, target: Target, examples: Examples, grid) -> np.ndarray:
     """Every example attacked afresh at every eps, correct or not: (len(grid), n) flags.
 
     Nesting makes curves non-increasing and robust <= clean by construction; this is what the checks
     that look for a failing attack (a step size wrong at some eps, a model random at test time) read.
     """
-    everyone = np.ones(len(x), dtype=bool)
-    return np.stack([bounded(attack, target, x, y, everyone, eps) for eps in grid])
+    everyone = np.ones(len(examples), dtype=bool)
+    return np.stack([bounded(attack, target, examples, everyone, eps) for eps in grid])

@@ -9,6 +9,7 @@ the same seeds, the same survivors, so the numbers are the same.
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 from collections.abc import Callable
@@ -20,10 +21,15 @@ import torch
 
 from robustcnn.results import EPS_TOLERANCE, RowKind
 from robustcnn.sweep import cells
+from robustcnn.sweep.batching import Batches
+from robustcnn.sweep.cells import Examples
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import Cell, Expected, cell_key
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
+
+CELLS_VERSION = 2  # what a cell computes, beyond the libraries' versions: in every key, so a change of it is never
+# answered by an older cell. 2: PGD and APGD draw random starts per example (robustcnn/attacks/art.py), not per batch
 
 
 def seed_all(seed: int) -> None:
@@ -88,7 +94,9 @@ class ChainRunner:
         self.on_computed = on_computed
         self.position = {spec.name: i for i, spec in enumerate(suite.attacks)}  # plan order of the attacks
         self.done: dict[str, list[Done]] = {}  # subject id -> finished cells, in plan order
-        self.inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # subject id -> x, y, clean flags
+        self._seen: dict[str, set[tuple[str, str | None]]] = {}  # subject id -> (key, attack) of each cell in `done`
+        self._by_attack: dict[tuple[str, str | None], list[Done]] = {}  # (subject id, attack) -> its cells in `done`
+        self.inputs: dict[str, tuple[Examples, np.ndarray]] = {}  # subject id -> its test images, clean flags
         self.handed: dict[tuple[str, str], Any] = {}  # (subject id, attack name) -> a Ray task's `ray_payload`
         self.computing = True  # False: only read finished cells back, a missing one raises MissingCell
         self.bar = None
@@ -113,11 +121,11 @@ class ChainRunner:
     # --- running -------------------------------------------------------------------------------
     def start(self, subject: Subject) -> np.ndarray:
         """The clean cell, which every chain of the model needs (which examples are correct to begin with)."""
-        x, y = subject.data.images().numpy(), subject.data.y.numpy()
-        compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, x, y)[None], {})  # noqa: E731
-        expected = Expected(len(x), "eps", (0.0,))
+        examples = Examples(subject.data, Batches(subject.target.batch_size, subject.id))  # images stay uint8
+        compute = lambda: Cell([{"eps": 0.0}], cells.clean(subject.target, examples)[None], {})  # noqa: E731
+        expected = Expected(len(examples), "eps", (0.0,))
         correct = self.cell(subject, None, RowKind.CLEAN, {"cell": "clean"}, compute, expected).flags[0]
-        self.inputs[subject.id] = (x, y, correct)
+        self.inputs[subject.id] = (examples, correct)
         return correct
 
     def run_chain(self, chain: Chain) -> None:
@@ -146,7 +154,9 @@ class ChainRunner:
         model, so identical weights loaded two ways give identical rows, and models meet common random numbers.
         """
         common = {"dataset": subject.info.name, "subset": subject.subset_hash, "seed": self.config.seed, **parts}
-        key = cell_key({"model": subject.card.key, "versions": self.versions, **common})
+        if subject.info.variant:  # an image folder's transform and label files; absent otherwise, so old keys hold
+            common["data"] = subject.info.variant
+        key = cell_key({"model": subject.card.key, "versions": self.versions, "cells": CELLS_VERSION, **common})
         return key, self.config.seed * 1_000_003 + int(cell_key(common)[:8], 16)
 
     def cell(
@@ -181,13 +191,16 @@ class ChainRunner:
 
     def _record(self, subject: Subject, done: Done) -> None:
         """Adds a finished cell once, keeping plan order (chains may finish in any order). Two attacks of the suite
-        with the same settings under two names share a cell (same key), and each still gets its rows."""
-        finished = self.done.setdefault(subject.id, [])
-        if any(d.key == done.key and d.spec == done.spec for d in finished):
+        with the same settings under two names share a cell (same key), and each still gets its rows.
+        Constant work per cell (a set, a sorted insert), so resuming 100,000 cells is not quadratic."""
+        name = done.spec.name if done.spec else None
+        seen = self._seen.setdefault(subject.id, set())
+        if (done.key, name) in seen:
             return
-        finished.append(done)
+        seen.add((done.key, name))
         in_plan = lambda d: (self.position[d.spec.name] if d.spec else -1, d.row_kind is RowKind.PROBE)  # noqa: E731
-        finished.sort(key=in_plan)  # stable
+        bisect.insort_right(self.done.setdefault(subject.id, []), done, key=in_plan)  # after equals: stable
+        self._by_attack.setdefault((subject.id, name), []).append(done)
         if self.bar is not None:
             self.bar.update()
 
@@ -196,13 +209,12 @@ class ChainRunner:
         attack of its norm at an eps up to this one). Eps balls nest, so those broken stay broken."""
         earlier = self._earlier(spec) if self.suite.cascade else set()
         flags = np.ones(len(subject.subset), dtype=bool)
-        for done in self.done.get(subject.id, []):
-            if done.spec is None or (done.spec.name != spec.name and done.spec.name not in earlier):
-                continue
-            mine = done.spec.name == spec.name
-            for _, row_eps, row_flags in done.evidence():
-                if row_eps < eps - EPS_TOLERANCE or (not mine and row_eps <= eps + EPS_TOLERANCE):
-                    flags &= row_flags
+        for name in (spec.name, *earlier):
+            mine = name == spec.name
+            for done in self._by_attack.get((subject.id, name), []):
+                for _, row_eps, row_flags in done.evidence():
+                    if row_eps < eps - EPS_TOLERANCE or (not mine and row_eps <= eps + EPS_TOLERANCE):
+                        flags &= row_flags
         return flags
 
     def _earlier(self, spec: AttackSpec) -> set[str]:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from robustcnn.config import BOOL, COUNT, INT, from_mapping, non_negative_float, option
+from robustcnn.data.base import FolderOptions, Interpolation
 from robustcnn.errors import UsageError
 
 
@@ -13,6 +14,16 @@ def _weights(value: object) -> str:
     if str(value) not in {"best", "last"}:
         raise ValueError("choose one of: best, last")
     return str(value)
+
+
+def _interpolation(value: object) -> str:
+    return Interpolation.parse(value).value
+
+
+def _batch_size(value: object) -> int | str:
+    from robustcnn.sweep.batching import parse_batch_size
+
+    return parse_batch_size(value)
 
 
 def _ray_address(value: object) -> str:
@@ -61,11 +72,29 @@ class SweepConfig:
     )
     seed: int = option(0, "seed for the image subset and the attacks' random starts", COUNT)
     device: str = option("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    batch_size: int | None = option(None, "examples per ART call; default 1024 on a GPU, 128 on a CPU (cache)", INT)
+    batch_size: int | str = option(
+        "auto",
+        "images per batch, or auto: on CUDA the largest whose forward+backward fits, halved (per model); on a CPU "
+        "(or MPS) 128, which stays in cache. Any size is halved when a batch runs out of GPU memory",
+        _batch_size,
+    )
     weights: str = option("best", "which checkpoint of each run directory: best or last", _weights, flag=False)
     dataset: str | None = option(None, "evaluate on this dataset instead of each model's own (same image shape)")
     data_dir: str | None = option(None, "where downloadable datasets live; default ~/.cache/robustcnn/data")
     download: bool = option(False, "download the dataset if its files are missing (needs internet)", BOOL)
+    # How an imagefolder:PATH is read (ImageNet-style evaluation; rules in robustcnn/data/imagefolder/__init__.py)
+    resize: int | None = option(
+        None, "imagefolder: shorter side resized to N pixels (antialiased); default: the weights' own, else none", INT
+    )
+    crop: int | None = option(None, "imagefolder: centre crop N x N pixels after --resize", INT)
+    interpolation: str | None = option(
+        None, "imagefolder: --resize resampling: bilinear (default), bicubic, nearest or lanczos", _interpolation
+    )
+    class_map: str | None = option(
+        None, "imagefolder: text (NAME [human name] per line) or JSON {name: index} file giving the class indices"
+    )
+    labels: str | None = option(None, "imagefolder: NAME,LABEL file for a folder of images without class folders")
+    subset: str | None = option(None, "imagefolder: file of image names to evaluate, in its order")
     naive: bool = option(False, "attack every example at every eps (slow; to compare with nested reuse)", BOOL)
     gallery: int = option(8, "adversarial examples per model kept for the report", COUNT)
     probe: int = option(
@@ -98,6 +127,12 @@ class SweepConfig:
                 "Ray hides the GPUs from tasks that do not ask for one"
             )
         return config
+
+    @property
+    def folder(self) -> FolderOptions:
+        """How an imagefolder:PATH is read, as the data package takes it."""
+        interpolation = Interpolation.parse(self.interpolation) if self.interpolation else None
+        return FolderOptions(self.resize, self.crop, interpolation, self.class_map, self.labels, self.subset)
 
     def replace(self, **changes) -> SweepConfig:
         return dataclasses.replace(self, **changes)

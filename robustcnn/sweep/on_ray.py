@@ -53,7 +53,7 @@ from robustcnn.results import RowKind
 from robustcnn.sweep.chains import Chain, ChainRunner, Done
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import NUMBERS, BadCell, Cell, Expected, MemoryStore
-from robustcnn.sweep.subjects import Subject, attack_target, default_batch_size, for_attacks
+from robustcnn.sweep.subjects import Subject, attack_target, for_attacks
 from robustcnn.sweep.suite import AttackSpec, Suite
 
 RAY_EXTRA = "pip install 'robustcnn[ray]'"
@@ -579,7 +579,7 @@ def _chain_items(payload, names, known, config, suite, grids, versions) -> Itera
     torch.set_num_threads(config.cpus_per_task)
     _same_versions(library_versions(), versions)  # the driver's are those that can change a cell's numbers
     device = resolve_device(config.device)
-    subject = _on_device(payload.subject, device, config.batch_size or default_batch_size(device))
+    subject = _on_device(payload.subject, device, config.batch_size)  # "auto": chosen in the task, on its device
     cells: queue.Queue = queue.Queue()
     runner = ChainRunner(
         config, suite, {subject.id: grids}, MemoryStore(known), versions,
@@ -618,6 +618,7 @@ def _same_versions(mine: dict[str, str], drivers: dict[str, str]) -> None:
         )
 
 
-def _on_device(subject: Subject, device: torch.device, batch_size: int) -> Subject:
+def _on_device(subject: Subject, device: torch.device, batch_size: int | str) -> Subject:
     module = for_attacks(subject.model, device)
-    return dataclasses.replace(subject, model=module, target=attack_target(module, subject.info, device, batch_size))
+    target = attack_target(module, subject.info, device, batch_size, len(subject.data))
+    return dataclasses.replace(subject, model=module, target=target)

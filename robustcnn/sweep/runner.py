@@ -140,12 +140,12 @@ class Sweep(ChainRunner):
 
     def _finish(self, subject: Subject) -> None:
         """What a model gets once all its cells are done: the gallery and what each kind leaves (the patch images)."""
-        x, y, correct = self.inputs[subject.id]
+        examples, correct = self.inputs[subject.id]
         for done in self.done[subject.id]:
             if done.spec is not None:
                 done.spec.kind.after(self.out, subject, done.spec, done.cell)
         if self.config.gallery:
-            self._gallery(subject, x, y, correct)
+            self._gallery(subject, examples, correct)
 
     def _cell_count(self, subject: Subject) -> int:
         return 1 + sum(self.cell_count(chain) for chain in self.plan if chain.subject is subject)
@@ -203,17 +203,22 @@ class Sweep(ChainRunner):
         return [self._row(subject, done.spec, done.row_kind, flags, done.key, **v) for v, flags in values]
 
     def _worst_case(self, subject: Subject, correct: np.ndarray) -> list[dict]:
-        """Per norm and eps: robust only if no attack broke the example at any eps up to this one (balls nest)."""
+        """Per norm and eps: robust only if no attack broke the example at any eps up to this one (balls nest).
+        One pass over the rows in eps order, so a model with thousands of cells costs linear time."""
         evidence = [(done.spec.name, *row) for done in self.done[subject.id] for row in done.evidence()]
-        rows = []
+        rows, plan_order = [], list(dict.fromkeys(name for name, _, _, _ in evidence))
         for norm in dict.fromkeys(norm for _, norm, _, _ in evidence):
-            mine = [(name, eps, flags) for name, n, eps, flags in evidence if n == norm]
-            for eps in sorted({eps for _, eps, _ in mine}):
-                within = [(name, flags) for name, e, flags in mine if e <= eps + EPS_TOLERANCE]
-                flags = np.logical_and.reduce([correct, *(f for _, f in within)])
+            mine = sorted(((eps, name, flags) for name, n, eps, flags in evidence if n == norm), key=lambda r: r[0])
+            flags, names, taken = correct.copy(), set(), 0
+            for eps in sorted({eps for eps, _, _ in mine}):
+                while taken < len(mine) and mine[taken][0] <= eps + EPS_TOLERANCE:
+                    _, name, row_flags = mine[taken]
+                    flags &= row_flags
+                    names.add(name)
+                    taken += 1
                 row = self._row(subject, None, RowKind.WORST_CASE, flags, "", eps=eps)
-                names = list(dict.fromkeys(name for name, _ in within))
-                row.update(attack=worst_case_name(norm), norm=norm, params=json.dumps({"attacks": names}))
+                attacks = [name for name in plan_order if name in names]
+                row.update(attack=worst_case_name(norm), norm=norm, params=json.dumps({"attacks": attacks}))
                 rows.append(row)
         return rows
 
@@ -251,7 +256,7 @@ class Sweep(ChainRunner):
             if check.status is not Status.PASS:
                 say(f"{subject.id}: model check {check.name}: {check.status.value}: {check.message}")
 
-    def _gallery(self, subject: Subject, x: np.ndarray, y: np.ndarray, correct: np.ndarray) -> None:
+    def _gallery(self, subject: Subject, examples: cells.Examples, correct: np.ndarray) -> None:
         """A few adversarial examples of the strongest white-box eps attack, at its headline eps."""
         choice = self._strongest_attack(subject)
         if choice is None:
@@ -262,12 +267,13 @@ class Sweep(ChainRunner):
             return
         seed_all(self.config.seed)
         attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
-        x_adv = attack.generate(x[index], y[index], eps)
+        x, y = examples.x(index), examples.y[index]  # (k, C, H, W) float32, k = --gallery at most
+        x_adv = attack.generate(x, y, eps, starts=cells.Starts(cells.start_seed(), index))
         arrays = {
-            "x": x[index],
+            "x": x,
             "x_adv": x_adv.astype(np.float32),
-            "y": y[index].astype(np.int64),
-            "pred": cells.predict(subject.target, x[index]).astype(np.int64),
+            "y": y.astype(np.int64),
+            "pred": cells.predict(subject.target, x).astype(np.int64),
             "pred_adv": cells.predict(subject.target, x_adv).astype(np.int64),
             "attack": np.array(spec.name),
             "eps": np.array(float(eps)),
@@ -313,8 +319,8 @@ class Sweep(ChainRunner):
         )
 
     def _batch_size(self) -> int | str:
-        if self.config.ray and not self.config.batch_size:
-            return "each task's device default (1024 on a GPU, 128 on a CPU)"
+        if self.config.ray and self.config.batch_size in (None, "auto"):
+            return "auto in each task, on its device (128 on a CPU)"
         return self.subjects[0].target.batch_size
 
     def _describe(self, subject: Subject) -> ModelEntry:
@@ -329,11 +335,24 @@ class Sweep(ChainRunner):
             n=len(subject.subset),
             grids={name: list(grid) for name, grid in self.grids[subject.id].items()},
             headline=self.headline[subject.id],
+            batch_size=subject.target.batch_size,
+            batch_choice=subject.target.batch_choice,
         )
+
+    def _record_batches(self) -> None:
+        """Each model's batch size as it ended, and every halving on running out of GPU memory (in this process;
+        a Ray task halves its own and says so on the worker's stderr)."""
+        for subject in self.subjects:
+            if subject.id in self.inputs:
+                batches = self.inputs[subject.id][0].batches
+                entry = self.manifest.entry(subject.id)
+                changes = {"batch_size": batches.size, "batch_backoffs": tuple(batches.backoffs)}
+                self.manifest.replace_entry(dataclasses.replace(entry, **changes))
 
     def _write_manifest(self, status: str, message: str) -> None:
         self.manifest.status, self.manifest.message = status, message
         self.manifest.finished, self.manifest.seconds = _now(), round(time.perf_counter() - self.started, 2)
+        self._record_batches()
         write_json(self.out / MANIFEST_FILE, self.manifest.to_json())
 
     def mode_label(self) -> str:

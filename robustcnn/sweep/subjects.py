@@ -22,11 +22,19 @@ from torch import nn
 from robustcnn.attacks import Target
 from robustcnn.attacks.art import art_classifier
 from robustcnn.console import say
-from robustcnn.data import DatasetInfo, ImageSet, dataset_info, load_dataset
+from robustcnn.data import DatasetInfo, FolderOptions, ImageSet, dataset_info, load_dataset, split_labels
 from robustcnn.devices import fast_layout
 from robustcnn.errors import UsageError
 from robustcnn.fileio import sha256_file
-from robustcnn.models.external import SPEC_FORMS, Model, build_external, loader_for, parse_spec
+from robustcnn.models.external import (
+    SPEC_FORMS,
+    Model,
+    build_external,
+    declared_normalization,
+    declared_transform,
+    loader_for,
+    parse_spec,
+)
 from robustcnn.results import RUN, Check, ModelEntry, Status
 from robustcnn.runs import Run, load_run
 from robustcnn.sweep.config import SweepConfig
@@ -69,7 +77,8 @@ class Subject:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """On CPUs a batch of 32-128 keeps the working set in cache (one of 1000 is slower); GPUs want more."""
+    """On CPUs a batch of 32-128 keeps the working set in cache (one of 1000 is slower); GPUs want more (what
+    --batch-size auto measures per model: robustcnn/sweep/batching.py)."""
     return 1024 if device.type == "cuda" else 128
 
 
@@ -136,9 +145,13 @@ def _default_name(model: Model) -> str:
     return Path(str(model.source)).name
 
 
-def test_subset(size: int, n: int, seed: int, dataset: str) -> np.ndarray:
+def test_subset(size: int, n: int, seed: int, dataset: str, ordered: bool = False) -> np.ndarray:
+    """Positions of the n test images attacked: a seeded random choice, or the first n when the order is the
+    user's (an image folder's --subset file)."""
     if n > size:
         raise UsageError(f"--n {n} is larger than the {size} test images of {dataset}; use --n {size} or less")
+    if ordered:
+        return np.arange(n)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
     return order[:n].numpy()
 
@@ -148,7 +161,7 @@ def load_subjects(models: list, config: SweepConfig, n_default: int | None, devi
         raise UsageError(f"no models given; pass one or more models: {SPEC_FORMS}")
     models = [as_model(m) for m in models]
     ids = unique_ids(models)
-    batch_size = config.batch_size or default_batch_size(device)
+    batch_size = config.batch_size  # images per batch, or "auto": chosen per model (`attack_target`)
     subjects = []
     for model, name in zip(models, ids, strict=True):
         subject = _subject(model, name, config, n_default, device, batch_size)
@@ -158,7 +171,7 @@ def load_subjects(models: list, config: SweepConfig, n_default: int | None, devi
     return subjects
 
 
-def _subject(model: Model, name: str, config: SweepConfig, n_default, device, batch_size: int) -> Subject:
+def _subject(model: Model, name: str, config: SweepConfig, n_default, device, batch_size: int | str) -> Subject:
     if is_run(model):
         card, module, info = _from_run(model, name, config)
     else:
@@ -166,18 +179,47 @@ def _subject(model: Model, name: str, config: SweepConfig, n_default, device, ba
         if dataset is None:
             spec = f" ({model.spec})" if model.spec != name else ""
             raise UsageError(f"model {name!r}{spec} does not say which data it takes: pass --dataset NAME")
-        info = dataset_info(dataset, config.data_dir, config.download)
+        folder, transform_note = _folder_options(model, dataset, config)
+        model, normalize_note = _declared_normalization(model)
+        info = dataset_info(dataset, config.data_dir, config.download, folder)
         card, module = _from_elsewhere(model, name, info, config.download)
+        declared = [note for note in (transform_note, normalize_note) if note]  # said once the model is built
+        card = replace(card, entry=replace(card.entry, notes=[*declared, *card.entry.notes]))
     dataset = info.name
-    test = load_dataset(dataset, "test", config.data_dir, config.download)
-    subset = test_subset(len(test), config.n or n_default or min(len(test), 1000), config.seed, dataset)
-    data = test.subset(subset)
+    size = len(split_labels(dataset, "test", config.data_dir, config.download, info.folder))  # no image decoded
+    n = config.n or n_default or min(size, 1000)
+    subset = test_subset(size, n, config.seed, dataset, ordered=info.folder.subset is not None)
+    data = load_dataset(dataset, "test", config.data_dir, config.download, info.folder, subset)  # decodes these only
     module = for_attacks(module, device)
     probe = data.images(slice(0, 64)).to(device)  # (<=64, C, H, W) in [0, 1]
     require_fit(module, probe, info, name)
     card, checks = _verify(card, module, probe)
-    target = attack_target(module, info, device, batch_size)
+    target = attack_target(module, info, device, batch_size, len(data))
     return Subject(name, card, module, info, data, subset, target, checks)
+
+
+def _folder_options(model: Model, dataset: str, config: SweepConfig) -> tuple[FolderOptions, str | None]:
+    """--resize/--crop as given; without them, for an image folder, the eval transform the model's pretrained weights
+    declare (torchvision's weights enum, timm's pretrained config), with a note saying so."""
+    folder = config.folder
+    if folder.resize is not None or folder.crop is not None or not dataset.startswith("imagefolder:"):
+        return folder, None
+    declared = declared_transform(model)
+    if declared is None:
+        return folder, None
+    interpolation = folder.interpolation or declared.interpolation  # a given --interpolation wins
+    folder = replace(folder, resize=declared.resize, crop=declared.crop, interpolation=interpolation)
+    return folder, f"using the eval transform its weights declare: {folder.transform.describe()}"
+
+
+def _declared_normalization(model: Model) -> tuple[Model, str | None]:
+    """Without --normalize, a model whose pretrained weights declare a mean and std gets them (their transform
+    normalises after the crop), with a note saying so; --normalize, also none, is the user's word and wins."""
+    declared = None if model.normalize is not None else declared_normalization(model)
+    if declared is None:
+        return model, None
+    note = f"normalising as its weights declare (mean,std {declared}); --normalize overrides it"
+    return replace(model, normalize=declared), note
 
 
 def for_attacks(module: nn.Module, device: torch.device) -> nn.Module:
@@ -185,10 +227,16 @@ def for_attacks(module: nn.Module, device: torch.device) -> nn.Module:
     return fast_layout(module.to(device).eval(), device).requires_grad_(False)
 
 
-def attack_target(module: nn.Module, info: DatasetInfo, device: torch.device, batch_size: int) -> Target:
-    """What attacks run against: ART's wrapper over the module placed by `for_attacks`."""
+def attack_target(
+    module: nn.Module, info: DatasetInfo, device: torch.device, batch_size: int | str | None, n: int
+) -> Target:
+    """What attacks run against: ART's wrapper over the module placed by `for_attacks`, with its batch size: as
+    given, or for "auto" (None too) chosen for this model on this device (robustcnn/sweep/batching.py); n: images."""
+    from robustcnn.sweep.batching import choose_batch_size
+
+    size, choice = choose_batch_size(batch_size, module, info.shape, device, n)
     classifier = art_classifier(module, info.shape, info.num_classes, device)
-    return Target(classifier, module, device, batch_size, info.num_classes)
+    return Target(classifier, module, device, size, info.num_classes, choice)
 
 
 def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Module, DatasetInfo]:
@@ -202,7 +250,7 @@ def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Mo
     if which not in ("best", "last"):
         raise UsageError(f"run directory {name!r} takes --weights best or last, not {which!r}")
     dataset = model.dataset or config.dataset or run.meta["config"]["dataset"]
-    info = dataset_info(dataset, config.data_dir, config.download)
+    info = dataset_info(dataset, config.data_dir, config.download, config.folder)
     _require_same_shape(name, run.dataset, info, dataset)
     module = run.model(which)  # before the hash: a missing or corrupt checkpoint is one clear error
     sha256 = sha256_file(run.weights_path(which))

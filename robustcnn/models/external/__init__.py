@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from robustcnn.data.base import EvalTransform
 from robustcnn.errors import UsageError
 from robustcnn.models.external.model import RUN_WEIGHTS, Model, parse_spec
 from robustcnn.models.external.weights import load_weights_into, read_state_dict, state_sha256
@@ -48,6 +49,16 @@ class Loader:
     def build(self, model: Model, num_classes: int, download: bool) -> Built:
         raise NotImplementedError
 
+    def declared_transform(self, model: Model) -> EvalTransform | None:
+        """The eval transform the model's pretrained weights declare (resize, crop, interpolation), read from the
+        library's metadata without fetching them; None when it has no pretrained weights or declares none."""
+        return None
+
+    def declared_normalization(self, model: Model) -> str | None:
+        """The mean and std the model's pretrained weights declare, as a --normalize MEAN,STD value (per channel,
+        [0, 1] units), read from the library's metadata; None when it has no pretrained weights."""
+        return None
+
 
 LOADERS: Registry[type[Loader]] = Registry("model kind")
 
@@ -81,6 +92,29 @@ def loader_for(spec: str) -> tuple[str, Loader]:
     raise UsageError(f"model {spec!r} not found; a model is {SPEC_FORMS}")
 
 
+def declared_transform(model: Model) -> EvalTransform | None:
+    """The eval transform `model`'s pretrained weights declare (torchvision's weights enum, timm's pretrained
+    config), or None: for a Python module, a builder, an exported file or a model without pretrained weights."""
+    if isinstance(model.source, nn.Module):
+        return None
+    try:
+        _, loader = loader_for(str(model.source))
+    except UsageError:
+        return None  # a run directory, or a spec that fails with its own message when it is built
+    return loader.declared_transform(model)
+
+
+def declared_normalization(model: Model) -> str | None:
+    """The --normalize value `model`'s pretrained weights declare (see `declared_transform`), or None."""
+    if isinstance(model.source, nn.Module):
+        return None
+    try:
+        _, loader = loader_for(str(model.source))
+    except UsageError:
+        return None
+    return loader.declared_normalization(model)
+
+
 def build_external(model: Model, channels: int, num_classes: int, mean, std, download: bool = False) -> External:
     """Builds, loads weights, wraps. `mean`/`std`: the dataset's, for --normalize dataset."""
     kind, built = _build(model, num_classes, download)
@@ -88,7 +122,7 @@ def build_external(model: Model, channels: int, num_classes: int, mean, std, dow
     if model.weights is not None:
         _load_weights(net, model, kind)
     was_training = isinstance(model.source, nn.Module) and model.source.training
-    preprocessing = resolve_preprocessing(model.normalize, model.input_range, channels, mean, std)
+    preprocessing = resolve_preprocessing(model.normalize or "none", model.input_range, channels, mean, std)
     wrapped = Preprocessed(net, preprocessing, model.output).eval()
     weights_sha = state_sha256(net)
     identity = {
@@ -134,4 +168,15 @@ def _load_weights(net: nn.Module, model: Model, kind: str) -> None:
     load_weights_into(net, read_state_dict(model.weights), model.weights)
 
 
-__all__ = ["LOADERS", "Built", "External", "Loader", "Model", "build_external", "loader_for", "parse_spec"]
+__all__ = [
+    "LOADERS",
+    "Built",
+    "External",
+    "Loader",
+    "Model",
+    "build_external",
+    "declared_normalization",
+    "declared_transform",
+    "loader_for",
+    "parse_spec",
+]

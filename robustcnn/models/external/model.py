@@ -54,7 +54,12 @@ class Model:
         None, "weights file (.safetensors, .pt, .pth) for a builder spec; best or last for a run directory", _text
     )
     model_args: dict[str, Any] = option(None, "KEY=VALUE passed to the builder (JSON values)", parse_model_args)
-    normalize: str = option("none", "none | dataset | imagenet | MEAN,STD: what the model expects", parse_normalize)
+    normalize: str | None = option(
+        None,
+        "none | dataset | imagenet | MEAN,STD: what the model expects; default: what its pretrained weights declare, "
+        "else none",
+        parse_normalize,
+    )
     input_range: InputRange = option(
         InputRange.UNIT, "0-1 | 0-255: the pixel range the model expects", parse_input_range
     )

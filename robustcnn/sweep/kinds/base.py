@@ -18,6 +18,7 @@ import numpy as np
 from robustcnn.data import DatasetInfo
 from robustcnn.registry import Registry
 from robustcnn.results import RowKind
+from robustcnn.sweep.cells import Examples
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import Cell, Expected
 from robustcnn.sweep.subjects import Subject
@@ -40,8 +41,8 @@ class Runner(Protocol):
     config: SweepConfig
     grids: dict[str, dict[str, tuple[float, ...]]]  # subject id -> attack name -> sorted eps (or scales)
     handed: dict[tuple[str, str], Any]  # (subject id, attack name) -> the `ray_payload` a Ray task was handed
-    inputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # subject id -> x (n, C, H, W) float32 in [0, 1],
-    # y (n,) true labels, and (n,) clean flags: which examples the model gets right without attack
+    inputs: dict[str, tuple[Examples, np.ndarray]]  # subject id -> its test images (uint8 in memory, float one batch
+    # at a time) and (n,) clean flags: which examples the model gets right without attack
 
     def cell(
         self,
@@ -78,7 +79,7 @@ class Kind:
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, attack: Any) -> None:
         """Computes (or finds) every cell of `spec` on `subject` through `runner.cell`; `attack` is spec.attack_class
-        built on the model, and `runner.inputs[subject.id]` holds the images, labels and clean flags."""
+        built on the model, and `runner.inputs[subject.id]` holds the images (with labels) and clean flags."""
         raise NotImplementedError
 
     def gets_probes(self, spec: Spec) -> bool:

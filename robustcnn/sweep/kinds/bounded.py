@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from robustcnn.results import RowKind
 from robustcnn.sweep import cells
 from robustcnn.sweep.kinds.base import Kind, Runner, Spec, register
@@ -32,7 +30,7 @@ class Bounded(Kind):
         return spec.attack_class.box == "white"
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, attack: Any) -> None:
-        x, y, correct = runner.inputs[subject.id]
+        examples, correct = runner.inputs[subject.id]
         grid = runner.grids[subject.id][spec.name]
         for i, eps in enumerate(grid):
             if runner.config.naive:
@@ -42,20 +40,20 @@ class Bounded(Kind):
                 mode = {"mode": "nested", "prior": list(grid[:i]), **runner.cascade_identity(subject, spec)}
 
             def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.bounded(attack, subject.target, x, y, todo, eps)[None], {})
+                return Cell([{"eps": eps}], cells.bounded(attack, subject.target, examples, todo, eps)[None], {})
 
             parts = {"attack": spec.describe(), "eps": eps, **mode}
-            runner.cell(subject, spec, self.row_kind, parts, compute, Expected(len(x), "eps", (eps,)))
+            runner.cell(subject, spec, self.row_kind, parts, compute, Expected(len(examples), "eps", (eps,)))
         if runner.config.probe and self.gets_probes(spec):
-            _probe(runner, subject, spec, attack, x, y)
+            _probe(runner, subject, spec, attack, examples)
 
 
-def _probe(runner: Runner, subject: Subject, spec: Spec, attack: Any, x: np.ndarray, y: np.ndarray) -> None:
+def _probe(runner: Runner, subject: Subject, spec: Spec, attack: Any, examples: cells.Examples) -> None:
     grid = runner.grids[subject.id][spec.name]
-    size = min(runner.config.probe, len(x))
+    size = min(runner.config.probe, len(examples))
 
     def compute() -> Cell:
-        flags = cells.probe(attack, subject.target, x[:size], y[:size], grid)
+        flags = cells.probe(attack, subject.target, examples.first(size), grid)
         return Cell([{"eps": eps} for eps in grid], flags, {})
 
     parts = {"attack": spec.describe(), "grid": list(grid), "probe": size}

@@ -23,14 +23,14 @@ class Certified(Kind):
     per_eps = True
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, bound: Any) -> None:
-        x, y, correct = runner.inputs[subject.id]
+        examples, correct = runner.inputs[subject.id]
         todo = correct
         grid = runner.grids[subject.id][spec.name]
         for i, eps in enumerate(grid):
 
             def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.certified(bound, subject.target, x, y, todo, eps)[None], {})
+                return Cell([{"eps": eps}], cells.certified(bound, subject.target, examples, todo, eps)[None], {})
 
             parts = {"attack": spec.describe(), "eps": eps, "prior": list(grid[:i])}
-            expected = Expected(len(x), "eps", (eps,))
+            expected = Expected(len(examples), "eps", (eps,))
             todo = runner.cell(subject, spec, self.row_kind, parts, compute, expected).flags[0]

@@ -20,12 +20,12 @@ class Minimal(Kind):
     in_worst_case = True
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, attack: Any) -> None:
-        x, y, correct = runner.inputs[subject.id]
+        examples, correct = runner.inputs[subject.id]
         grid = runner.grids[subject.id][spec.name]
 
         def compute() -> Cell:
-            flags, distance = cells.minimal(attack, subject.target, x, y, correct, grid)
+            flags, distance = cells.minimal(attack, subject.target, examples, correct, grid)
             return Cell([{"eps": eps} for eps in grid], flags, {"distance": distance})
 
-        expected = Expected(len(x), "eps", grid, {"distance": (len(x),)})
+        expected = Expected(len(examples), "eps", grid, {"distance": (len(examples),)})
         runner.cell(subject, spec, self.row_kind, {"attack": spec.describe(), "grid": list(grid)}, compute, expected)

@@ -44,17 +44,17 @@ class Patch(Kind):
             )
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, attack: Any) -> None:
-        x, y, correct = runner.inputs[subject.id]
+        examples, _ = runner.inputs[subject.id]
         scales = runner.grids[subject.id][spec.name]
 
         def compute() -> Cell:
             x_train, y_train = training_images(runner, subject, spec)
             goal = spec.params.target
-            flags, success, patch = cells.patch(attack, subject.target, x, y, x_train, y_train, scales, goal)
+            flags, success, patch = cells.patch(attack, subject.target, examples, x_train, y_train, scales, goal)
             values = [{"scale": s, "target_success": t} for s, t in zip(scales, success, strict=True)]
             return Cell(values, flags, {"patch": patch})
 
-        expected = Expected(len(x), "scale", scales, {"patch": tuple(subject.info.shape)})
+        expected = Expected(len(examples), "scale", scales, {"patch": tuple(subject.info.shape)})
         parts = {"attack": spec.describe(), "scales": list(scales)}
         runner.cell(subject, spec, self.row_kind, parts, compute, expected)
 
@@ -80,20 +80,20 @@ def training_images(runner: Runner, subject: Subject, spec: Spec) -> tuple[np.nd
     if (subject.id, spec.name) in runner.handed:  # a Ray task: read-only in the object store, so copied
         x, y = runner.handed[subject.id, spec.name]
         return x.copy(), y.copy()
-    from robustcnn.data import load_dataset
+    from robustcnn.data import load_dataset, split_labels
 
     config = runner.config
-    if subject.info.has_train:
-        pool = load_dataset(subject.info.name, "train", config.data_dir, config.download)
-    else:
-        pool = load_dataset(subject.info.name, "test", config.data_dir, config.download)
-        pool = pool.subset(np.setdiff1d(np.arange(len(pool)), subject.subset))
+    info = subject.info
+    split = "train" if info.has_train else "test"
+    pool = np.arange(len(split_labels(info.name, split, config.data_dir, config.download, info.folder)))
+    if not info.has_train:
+        pool = np.setdiff1d(pool, subject.subset)
         if not len(pool):
             raise UsageError(
-                f"{subject.info.name} has no training images and --n takes every test image: the patch needs "
+                f"{info.name} has no training images and --n takes every test image: the patch needs "
                 "images it is not judged on; lower --n, or add x_train / y_train to the file"
             )
     count = min(spec.params.train_images, len(pool))
     index = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed))[:count]
-    part = pool.subset(index)
+    part = load_dataset(info.name, split, config.data_dir, config.download, info.folder, pool[index.numpy()])
     return part.images().numpy(), part.y.numpy()

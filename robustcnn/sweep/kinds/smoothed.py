@@ -21,12 +21,12 @@ class Smoothed(Kind):
     row_kind = RowKind.SMOOTHED
 
     def run(self, runner: Runner, subject: Subject, spec: Spec, certificate: Any) -> None:
-        x, y, correct = runner.inputs[subject.id]
+        examples, _ = runner.inputs[subject.id]
         grid = runner.grids[subject.id][spec.name]
 
         def compute() -> Cell:
-            flags, radius = cells.smoothed(certificate, x, y, grid)
+            flags, radius = cells.smoothed(certificate, examples, grid)
             return Cell([{"eps": eps} for eps in grid], flags, {"radius": radius})
 
-        expected = Expected(len(x), "eps", grid, {"radius": (len(x),)})
+        expected = Expected(len(examples), "eps", grid, {"radius": (len(examples),)})
         runner.cell(subject, spec, self.row_kind, {"attack": spec.describe(), "grid": list(grid)}, compute, expected)
