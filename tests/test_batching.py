@@ -161,9 +161,17 @@ def test_auto_on_a_cpu_is_the_cpu_default():
     assert size == batching.CPU_BATCH and choice["requested"] == "auto"
 
 
-@pytest.mark.parametrize("value", ["0", "big"])
-def test_a_bad_batch_size_is_one_line_and_exit_2(value):
-    result = run_cli("robustcnn.sweep", "runs/none", "--batch-size", value)
+def test_a_bad_batch_size_is_one_line_and_exit_2():
+    result = run_cli("robustcnn.sweep", "runs/none", "--batch-size", "big")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "choose a positive integer or auto" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "", True])
+def test_every_bad_batch_size_is_refused_by_the_rule_the_command_line_uses(value):
+    from robustcnn.errors import UsageError
+    from robustcnn.sweep.config import SweepConfig
+
+    with pytest.raises(UsageError, match="choose a positive integer or auto"):
+        SweepConfig.from_dict({"batch_size": value})

@@ -135,10 +135,10 @@ def test_certified_images_resist_pgd_and_are_classified_correctly(tiny_runs):
     """On a trained model: nothing certified is broken by PGD from 5 starts, and certified means correct."""
     _, adversarial = tiny_runs
     model = adversarial.model().requires_grad_(False)
-    test = robustcnn.load_dataset("mnist5k", "test").subset(range(16))
+    test = robustcnn.load_dataset("mnist5k", "test").subset(range(10))  # crown: ~1 s per image and eps
     x, y = test.images(), test.y
     classifier = art_classifier(model, (1, 28, 28), 10, torch.device("cpu"))
-    target = Target(classifier, model, torch.device("cpu"), 16, 10)
+    target = Target(classifier, model, torch.device("cpu"), 10, 10)
     pgd, crown = ATTACKS.get("pgd"), ATTACKS.get("crown")
     bound = crown("crown", Norm.LINF, crown.parse_params({}, ""), target)
     for eps in (0.005, 0.01):  # radii this 4-epoch model is provably robust at for most images
@@ -169,7 +169,7 @@ def test_certified_rows_bracket_the_attack_rows_in_a_sweep(tiny_runs, tmp_path):
         '[[attack]]\nname = "ibp"\ntype = "ibp"\nnorm = "inf"\neps = [0.005, 0.01]\n'
         '[[attack]]\nname = "crown"\ntype = "crown"\nnorm = "inf"\neps = [0.005, 0.01]\n'
     )
-    results = robustcnn.sweep([str(adversarial.path)], suite=str(suite), n=24, out=str(tmp_path / "out"), report=False)
+    results = robustcnn.sweep([str(adversarial.path)], suite=str(suite), n=12, out=str(tmp_path / "out"), report=False)
     certified_rows = results[results.kind == "certified"].set_index(["attack", "eps"]).accuracy
     attacked = results[results.kind == "attack"].set_index("eps").accuracy
     assert set(certified_rows.index.get_level_values(0)) == {"ibp", "crown"}
