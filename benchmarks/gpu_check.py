@@ -9,7 +9,8 @@ noise, so one epoch learns them), under 8 minutes on one H200:
 3. pgd-limit: one PGD-40 call against 40 x (forward + backward) at the GPU's batch size (attack_limit.py).
 4. oom-backoff: the sweep in a process whose CUDA allocator is capped (benchmarks/capped_sweep.py) with a batch
    too large for the cap: it must finish, record the back-off in manifest.json (`batch_backoffs` of its model)
-   and give the numbers of a run at a batch that fits.
+   and give the numbers of a run at a batch that fits (bit for bit on a CPU; here within 1 example in 100 per
+   cell, since cuDNN may choose another convolution algorithm for another batch size).
 
 Writes gpu-check.md and gpu-check.json (figures, checks, machine: GPU, torch, CUDA) to --out; exits 1 with one
 line per failed check. Without CUDA it says so and exits 2. `--device cpu --quick` runs every step but the
@@ -264,9 +265,20 @@ def oom_backoff(folder: Path, run_dir: Path, data: Path, suite: Path, sizes: Siz
             else "no batch_backoffs in manifest.json's models: the batch was not backed off (or not recorded)",
         )
     mine, theirs = flags_by_row(capped), flags_by_row(fitting)
-    same = mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
-    report.check("oom-backoff-numbers", same, f"per-example flags at batch {sizes.too_large} "
-                 f"{'equal' if same else 'differ from'} those at batch {sizes.fitting_batch}")  # fmt: skip
+    if mine.keys() != theirs.keys():
+        report.check("oom-backoff-numbers", False, f"rows differ: {sorted(mine.keys() ^ theirs.keys())}")
+        return
+    # Random starts are per example, so only floating point can differ: bit for bit on a CPU (tests/test_batching.py);
+    # cuDNN may choose another convolution algorithm per batch size, so a borderline example may flip (<= AGREE).
+    differing = {k: int(np.sum(mine[k] != theirs[k])) for k in mine}
+    largest = max((d / len(mine[k]) for k, d in differing.items()), default=0.0)
+    report.figures["oom_backoff"]["examples_differing"] = sum(differing.values())
+    report.check(
+        "oom-backoff-numbers",
+        largest <= AGREE,
+        f"per-example flags at batch {sizes.too_large} (backed off) vs {sizes.fitting_batch}: "
+        f"{sum(differing.values())} differ over {len(mine)} rows (at most {largest:.2%} of a row; limit {AGREE:.0%})",
+    )
 
 
 # --- the whole check -----------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ def tampered_task(change: str):
 
         for data in list(on_ray._chain_task(*args)):  # the real chain: one FGSM cell, then where it ran
             header, arrays = on_ray._unpack(data)
-            if header["item"] == "cell" and change != "node":
+            if header["item"] == "cell" and change not in ("node", "backoffs", "halved"):  # those change the last
                 if change.startswith("key="):
                     header["key"] = change.removeprefix("key=")
                 elif change == "flags":
@@ -301,8 +301,12 @@ def tampered_task(change: str):
                     yield data
                 yield on_ray._pack(header, arrays)
                 return
-            if header["item"] == "task":
+            if header["item"] == "task" and change == "node":
                 header["node"] = "\x1b]0;owned\x07"  # a terminal escape, for whoever prints the manifest
+            elif header["item"] == "task" and change != "halved":
+                header["batch_backoffs"] = [{"from": 128, "to": 64, "where": "fgsm", "rm -rf": 1}]
+            elif header["item"] == "task":  # what a task that ran out of GPU memory says (from 128 to 64)
+                header["batch_backoffs"] = [{"from": 128, "to": 64, "where": "fgsm eps=0.1"}]
             yield on_ray._pack(header, arrays)
 
     return task
@@ -340,6 +344,7 @@ def test_a_cell_key_that_is_a_path_writes_nothing_outside_out(sweep_args, ray_cl
         ("flags", f"sent a cell that is not what its plan says: flags of shape (1, {N - 1})"),
         ("eps", "sent a cell that is not what its plan says: a row has eps 0.5, the plan has 0.1"),
         ("node", "said where it ran in values that are not plain node, GPU and device names"),
+        ("backoffs", "said how its batches were halved in values robustcnn does not read"),
     ],
 )
 def test_only_the_planned_cells_as_plain_numbers_are_taken_from_a_task(
@@ -353,6 +358,17 @@ def test_only_the_planned_cells_as_plain_numbers_are_taken_from_a_task(
     assert len(cells) <= 2 and all(len(key) == 24 for key in cells)  # the clean cell, and a good one taken first
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest.get("ray_tasks", []) == []
+
+
+def test_a_tasks_halved_batches_reach_the_drivers_manifest(sweep_args, ray_cluster, tmp_path, monkeypatch):
+    """A task that ran out of GPU memory halves its own batches; the driver records that in its manifest."""
+    monkeypatch.setattr(on_ray, "_chain_task", tampered_task("halved"))
+    code = run_main(sweep_cli.main, [*sweep_args, "--out", str(tmp_path / "out"), "--no-report", "--ray"])
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (backoff,) = manifest["models"][0]["batch_backoffs"]
+    node = manifest["ray_tasks"][0]["node"]
+    assert backoff == {"from": 128, "to": 64, "where": f"fgsm eps=0.1 (Ray task on node {node})"}
 
 
 def test_the_real_task_passes_and_its_workers_imported_art_in_a_fresh_home(sweep_args, ray_cluster, tmp_path):

@@ -63,6 +63,7 @@ CONNECT_TIMEOUT_S = 30.0  # for --ray ADDRESS to answer at all; Ray alone retrie
 CONNECT_TIMEOUT_ENV = "ROBUSTCNN_RAY_CONNECT_TIMEOUT"  # seconds, overrides CONNECT_TIMEOUT_S (a slow link)
 MAX_ITEM_BYTES = 64 << 20  # one streamed item: a cell's flags, 100 rows of 100k examples, take 10 MB
 MAX_MESSAGE = 500  # characters of a task's error message shown
+MAX_BACKOFFS = 64  # batch halvings a task may report (from 2^20 images to 1 takes 20: each halving lasts)
 DRAIN_SECONDS = 10.0  # wait for the rest of a stream that has said its last (a task ends right after its last item)
 MAX_EXTRA = 16  # items read after a task's last one before giving up on the rest
 # The HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS (gRPC) answers with its SETTINGS frame at once.
@@ -304,7 +305,10 @@ class _Tasks:
         if item == TASK_INFO:
             if self.pending[chain.index]:
                 raise _BadItem(f"ended without {len(self.pending[chain.index])} of the cells it had to compute")
-            self.where.append({"model": chain.subject.id, "attacks": list(chain.names), **_task_info(header)})
+            info = _task_info(header)
+            backoffs = _task_backoffs(header, info["node"])  # checked before anything of the item is kept
+            self.where.append({"model": chain.subject.id, "attacks": list(chain.names), **info})
+            self.sweep.inputs[chain.subject.id][0].batches.backoffs.extend(backoffs)  # into the driver's manifest
             return True
         if item == "error":
             raise _task_error(header)
@@ -433,6 +437,21 @@ def _task_info(header: dict[str, Any]) -> dict[str, Any]:
     if not all(isinstance(value, str) and PLAIN.fullmatch(value) for value in plain):
         raise _BadItem("said where it ran in values that are not plain node, GPU and device names")
     return {"node": node, "gpu_ids": gpu_ids, "device": device}
+
+
+def _task_backoffs(header: dict[str, Any], node: str) -> list[dict[str, Any]]:
+    """The task's halvings on running out of GPU memory ({"from", "to", "where"}: whole numbers, a short where),
+    for the driver's manifest; anything else is a bad item."""
+    found = header.get("batch_backoffs", [])
+    items = found if isinstance(found, list) and len(found) <= MAX_BACKOFFS else None
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 20  # noqa: E731
+    if items is None or not all(
+        isinstance(b, dict) and set(b) == {"from", "to", "where"} and whole(b["from"]) and whole(b["to"])
+        and isinstance(b["where"], str) and len(b["where"]) <= MAX_MESSAGE
+        for b in items
+    ):  # fmt: skip
+        raise _BadItem("said how its batches were halved in values robustcnn does not read")
+    return [{**b, "where": f"{_printable(b['where'])} (Ray task on node {node})"} for b in items]
 
 
 def _task_error(header: dict[str, Any]) -> Exception:
@@ -595,7 +614,9 @@ def _chain_items(payload, names, known, config, suite, grids, versions) -> Itera
         yield item
     context = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    yield _pack({"item": TASK_INFO, "node": context.get_node_id(), "gpu_ids": gpu_ids, "device": str(device)})
+    backoffs = runner.inputs[subject.id][0].batches.backoffs[:MAX_BACKOFFS]  # halvings on running out of memory
+    yield _pack({"item": TASK_INFO, "node": context.get_node_id(), "gpu_ids": gpu_ids, "device": str(device),
+                 "batch_backoffs": backoffs})  # fmt: skip
 
 
 def _run(runner: ChainRunner, chain: Chain, cells: queue.Queue) -> None:

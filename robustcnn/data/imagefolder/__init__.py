@@ -66,12 +66,12 @@ from robustcnn.data.imagefolder.classes import (
     class_folders,
     find_class_map,
     imagenet_map,
-    read_list,
 )
 from robustcnn.data.imagefolder.decode import check_headers, decode_files, describe
 from robustcnn.data.imagefolder.files import EXTENSIONS, FORMATS, MAX_IMAGE_PIXELS
 from robustcnn.data.imagefolder.listing import (
     Folder,
+    Listing,
     index_folder,
     labelled_files,
     pick_subset,
@@ -194,7 +194,7 @@ def _folder(root: Path, options: FolderOptions) -> Folder:
         what = f"imagefolder {root}: {len(files)} images of {describe(shape)}"
         check_data_bytes(what, len(files) * math.prod(shape))
     names = class_map.names if class_map is not None else tuple(class_folders(train_folder(root)))
-    return Folder(root, splits, names, shape, transform, class_map, _variant(transform, class_map, options))
+    return Folder(root, splits, names, shape, transform, class_map, _variant(transform, class_map, splits[Split.TEST]))
 
 
 def _checked_transform(options: FolderOptions) -> EvalTransform:
@@ -209,12 +209,10 @@ def _checked_transform(options: FolderOptions) -> EvalTransform:
     return transform
 
 
-def _variant(transform: EvalTransform, class_map: ClassMap | None, options: FolderOptions) -> str:
-    """What identifies the images beyond the path: cached results are keyed on it. "" for a plain folder."""
+def _variant(transform: EvalTransform, class_map: ClassMap | None, test: Listing) -> str:
+    """What identifies the images beyond the path: cached results are keyed on it. "" for a plain folder. The
+    labels and subset files count by the hashes of the bytes the listing was built from, not of a second read."""
     parts = [transform.describe()] if transform.describe() else []
     if class_map is not None:
         parts.append("ImageNet-1k classes" if class_map.imagenet else f"class map sha256 {class_map.sha256[:16]}")
-    for what, given in (("labels", options.labels), ("subset", options.subset)):
-        if given:
-            parts.append(f"{what} sha256 {read_list(Path(given).expanduser(), f'{what} file')[1][:16]}")
-    return "; ".join(parts)
+    return "; ".join([*parts, *test.read_from])

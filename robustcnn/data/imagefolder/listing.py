@@ -25,6 +25,7 @@ class Listing:
     folder: Path
     files: tuple[Path, ...]
     labels: tuple[int, ...]
+    read_from: tuple[str, ...] = ()  # the list files it was built from, as "labels sha256 ..." (the bytes read)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +117,7 @@ def labelled_files(folder: Path, root: Path, path: Path, class_map: ClassMap) ->
     stems: dict[str, list[Path]] = {}
     for image in images:
         stems.setdefault(image.stem, []).append(image)
-    text, _ = read_list(path, "labels file")
+    text, sha256 = read_list(path, "labels file")
     labels: dict[Path, int] = {}
     missing: list[str] = []
     for number, line in enumerate(text.splitlines()):
@@ -149,7 +150,7 @@ def labelled_files(folder: Path, root: Path, path: Path, class_map: ClassMap) ->
         raise UsageError(
             f"{len(unlabelled)} image(s) in {folder} have no label in {path}; the first: {unlabelled[0].name}"
         )
-    return Listing(folder, tuple(images), tuple(labels[p] for p in images))
+    return Listing(folder, tuple(images), tuple(labels[p] for p in images), (f"labels sha256 {sha256[:16]}",))
 
 
 def _split_pair(line: str) -> tuple[str, str, str]:
@@ -168,7 +169,7 @@ def _label(class_map: ClassMap, token: str) -> int | None:
 
 def pick_subset(listing: Listing, path: Path) -> Listing:
     """The images --subset FILE names, in its order: paths relative to the test folder, or bare unique names."""
-    text, _ = read_list(path, "subset file")
+    text, sha256 = read_list(path, "subset file")
     by_path = {p.relative_to(listing.folder).as_posix(): i for i, p in enumerate(listing.files)}
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(listing.files):
@@ -198,4 +199,5 @@ def pick_subset(listing: Listing, path: Path) -> Listing:
         chosen.append(where)
     if not chosen:
         raise UsageError(f"subset file {path} names no image")
-    return Listing(listing.folder, tuple(listing.files[i] for i in chosen), tuple(listing.labels[i] for i in chosen))
+    files, labels = tuple(listing.files[i] for i in chosen), tuple(listing.labels[i] for i in chosen)
+    return Listing(listing.folder, files, labels, (*listing.read_from, f"subset sha256 {sha256[:16]}"))
