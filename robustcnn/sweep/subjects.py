@@ -77,9 +77,11 @@ class Subject:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """On CPUs a batch of 32-128 keeps the working set in cache (one of 1000 is slower); GPUs want more (what
-    --batch-size auto measures per model: robustcnn/sweep/batching.py)."""
-    return 1024 if device.type == "cuda" else 128
+    """A fixed batch for timing the same work on any device (the benchmarks): the CPU's (kept in cache), 1024 on a
+    GPU. A sweep chooses its own per model (--batch-size auto: robustcnn/sweep/batching.py)."""
+    from robustcnn.sweep.batching import CPU_BATCH
+
+    return 1024 if device.type == "cuda" else CPU_BATCH
 
 
 def as_model(item: Any) -> Model:
