@@ -102,7 +102,7 @@ def choose_batch_size(
     if device.type != "cuda":
         return CPU_BATCH, {"requested": AUTO, "rule": f"{device.type}: {CPU_BATCH}, a size that stays in cache"}
     largest, capped = largest_fit(model, shape, device, n)
-    size = largest if capped else max(1, largest // SAFETY)
+    size = _auto_size(largest, capped)
     rule = (
         f"forward+backward of {largest} fit, the most tried (min(n, {SEARCH_CAP}))"
         if capped
@@ -113,7 +113,11 @@ def choose_batch_size(
 
 def measure_batch_size(model: nn.Module, shape: tuple[int, ...], device: torch.device, n: int) -> int:
     """What "auto" chooses on a GPU, on any device (tests inject the out-of-memory error on a CPU)."""
-    largest, capped = largest_fit(model, shape, device, n)
+    return _auto_size(*largest_fit(model, shape, device, n))
+
+
+def _auto_size(largest: int, capped: bool) -> int:
+    """The cap when it fit (nothing larger was tried), else the largest fit divided by SAFETY."""
     return largest if capped else max(1, largest // SAFETY)
 
 

@@ -80,7 +80,7 @@ def clean(target: Target, examples: Examples) -> np.ndarray:
     def work(part: np.ndarray) -> None:
         correct[part] = labels(target, examples.x(part)) == y[part]
 
-    examples.batches.run(len(examples), lambda start, stop: work(np.arange(start, stop)), "clean")
+    in_batches(work, np.arange(len(examples)), examples.batches, "clean")
     return correct
 
 

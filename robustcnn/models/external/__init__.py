@@ -95,24 +95,25 @@ def loader_for(spec: str) -> tuple[str, Loader]:
 def declared_transform(model: Model) -> EvalTransform | None:
     """The eval transform `model`'s pretrained weights declare (torchvision's weights enum, timm's pretrained
     config), or None: for a Python module, a builder, an exported file or a model without pretrained weights."""
-    if isinstance(model.source, nn.Module):
-        return None
-    try:
-        _, loader = loader_for(str(model.source))
-    except UsageError:
-        return None  # a run directory, or a spec that fails with its own message when it is built
-    return loader.declared_transform(model)
+    loader = _spec_loader(model)
+    return None if loader is None else loader.declared_transform(model)
 
 
 def declared_normalization(model: Model) -> str | None:
     """The --normalize value `model`'s pretrained weights declare (see `declared_transform`), or None."""
+    loader = _spec_loader(model)
+    return None if loader is None else loader.declared_normalization(model)
+
+
+def _spec_loader(model: Model) -> Loader | None:
+    """The loader of a model given by spec; None for a Python module, a run directory, or a spec that fails with
+    its own message when it is built."""
     if isinstance(model.source, nn.Module):
         return None
     try:
-        _, loader = loader_for(str(model.source))
+        return loader_for(str(model.source))[1]
     except UsageError:
         return None
-    return loader.declared_normalization(model)
 
 
 def build_external(model: Model, channels: int, num_classes: int, mean, std, download: bool = False) -> External:
