@@ -28,6 +28,7 @@ SECTIONS = (
     "attack",
     "autoattack",
     "iterate",
+    "adaptive",
     "external",
     "train",
     "robust-train",
@@ -59,7 +60,11 @@ class BenchConfig:
     robust_n: int | None = option(None, "test images the robust-train section attacks; default all (1000)", INT)
     aa_baselines: bool = option(True, "time ART's and torchattacks' AutoAttack beside ours", flag=False)
     limit_aa: bool = option(True, "sweep-limit section: also the autoattack-grade suite (minutes: Square)", flag=False)
-    pgd_steps: int | None = option(None, "PGD steps in the sweep and attack sections; default 40 (standard.toml)", INT)
+    pgd_steps: int | None = option(
+        None, "PGD steps in the sweep and attack sections (default 40, standard.toml); adaptive: 10 EOT, 40 BPDA", INT
+    )
+    adaptive_repeats: int = option(9, "rounds of the adaptive section (a round times its nine PGD calls once)", INT)
+    adaptive_n: int = option(360, "digits test images the adaptive section's accuracy part attacks (all 360)", INT)
     attack_batch: int | None = option(None, "images in the single PGD call; default: the sweep's batch size", INT)
     train_size: int | None = option(None, "training images per epoch; default: all of the train split", INT)
     val_size: int = option(256, "held-out images validated each epoch (TrainConfig's default)", INT)
@@ -81,6 +86,8 @@ class BenchConfig:
 QUICK = {
     "repeats": 1,
     "attack_repeats": 1,
+    "adaptive_repeats": 1,
+    "adaptive_n": 24,
     "n": 12,
     "pgd_steps": 1,
     "attack_batch": 8,
@@ -154,6 +161,12 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import autoattack_compare
 
         return autoattack_compare.measure_iterates(paths, min(config.n, 500), device, config.seed)
+    if section == "adaptive":
+        from benchmarks import adaptive
+
+        images = config.attack_batch or batch
+        rows = adaptive.measure(images, config.pgd_steps, device, config.adaptive_repeats, config.seed)
+        return rows + adaptive.accuracy_rows(config.adaptive_n, config.seed)
     if section == "external":
         from benchmarks import external_speed
 
@@ -281,6 +294,11 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "best.safetensors then attacked by PGD-40 (step 0.01) with 5 random restarts at eps 0.3 on the test "
         "images through ART with true labels: an attack none of the methods trained or validated with.",
         ddp_speed.NOTE,
+        f"Adaptive section (benchmarks/adaptive.py, {config.adaptive_repeats} round(s), random seeded weights): PGD-S "
+        "with EOT K on a random model against plain PGD-(S x K), the same forward + backward passes (counted), so "
+        "the ratio is EOT's bookkeeping beyond its passes; plain PGD also does K times the step's own chores (sign, "
+        "projection, clipping), so a ratio under 1 is those, not faster passes. BPDA: PGD through rounding by the "
+        "torch function mode or by a hook on the quantising module, against plain PGD on the bare net, same passes.",
         "Scale section (benchmarks/scale.py): CPU figures on random seeded weights and synthetic uint8 3x32x32 npz "
         "test sets. Sweeps run as fresh `python -m robustcnn.sweep --no-report` processes, one round each: wall "
         "seconds include start-up; peak RSS is the child's own (VmHWM, benchmarks/peak_rss.py). The resume figure "

@@ -164,6 +164,40 @@ class Check:
         return cls(name, status, message, str(item.get("link") or f"{CHECKS_DOCS}#{name}"), model)
 
 
+class Technique(str, Enum):
+    """How an attack was adapted to one model's defence (`Adaptation.technique`)."""
+
+    EOT = "eot"  # gradient averaged over `setting` forward and backward passes of a model random at test time
+    BPDA = "bpda"  # gradient passed straight through what masks it: `setting` "rounding" (the ops) or a module path
+    LOSS = "loss"  # a loss the model cannot take, replaced: `setting` the loss used ("ce" for DLR with < 3 classes)
+    ITERATES = "iterates"  # AutoAttack's every-iterate rule, `setting` "off": one pass of a random model proves nothing
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """One change the sweep made to one attack for one model, and why (manifest, `ModelEntry.adaptations`)."""
+
+    attack: str  # the suite's attack name
+    technique: Technique
+    setting: str  # "20" (EOT passes), "rounding" or a module path (BPDA), "ce" (loss), "off" (iterates)
+    reason: str  # one line: what about the model called for it (a model check's finding, its number of classes)
+
+    def to_dict(self) -> dict[str, str]:
+        technique = self.technique.value
+        return {"attack": self.attack, "technique": technique, "setting": self.setting, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, item: Any) -> Adaptation | None:
+        """As a manifest holds it; None for anything that is not one (an unknown technique included)."""
+        if not isinstance(item, Mapping):
+            return None
+        try:
+            technique = Technique(str(item.get("technique")))
+        except ValueError:
+            return None
+        return cls(_text(item.get("attack")), technique, _text(item.get("setting")), _text(item.get("reason")))
+
+
 RUN = "run"  # ModelEntry.kind of a model robustcnn trained (a run directory); others name their loader
 RUN_FIELDS = ("kind", "path", "repeat_spec", "weights", "epoch", "sha256", "trained_on", "arch", "method",
               "method_traits", "trained_against", "training_metrics", "training_final", "training_status",
@@ -174,6 +208,7 @@ ELSEWHERE_FIELDS = ("kind", "spec", "repeat_spec", "options", "weights_file", "w
 ONNX_FIELDS = ("onnxruntime_max_difference",)  # what a model from an .onnx file adds
 SWEEP_FIELDS = ("preprocessing_label", "dataset", "threat_model", "class_names", "shape", "n", "grids")
 BATCH_FIELDS = ("batch_size", "batch_choice", "batch_backoffs")  # written by sweeps that record their batches
+ADAPTIVE_FIELDS = ("draws", "adaptations")  # written by sweeps that judge random models and adapt attacks
 
 
 @dataclass(frozen=True)
@@ -227,6 +262,9 @@ class ModelEntry:
     batch_size: int | None = None  # images per batch the model ended with (after any halving); None: older sweeps
     batch_choice: dict[str, Any] | None = None  # how its first batch size was chosen: {"requested": N or "auto", ...}
     batch_backoffs: tuple[dict[str, Any], ...] = ()  # each halving when out of GPU memory: {"from", "to", "where"}
+    draws: int | None = None  # forward passes that judge each prediction: 1 for a deterministic model; a model random
+    # at test time is correct on an image when a majority of `draws` passes are (the suite's `draws`); None: older sweep
+    adaptations: tuple[Adaptation, ...] = ()  # what the sweep changed in each attack for this model, and why
     extra: dict[str, Any] = field(default_factory=dict)  # keys of an older manifest that this version does not know
 
     @property
@@ -261,6 +299,8 @@ class ModelEntry:
             data["model_checks"] = [check.to_dict(with_model=False) for check in self.model_checks]
         if self.batch_size is not None:  # an older manifest reads back without them
             data.update({name: _plain(getattr(self, name)) for name in BATCH_FIELDS})
+        if self.draws is not None:
+            data.update(draws=self.draws, adaptations=[adaptation.to_dict() for adaptation in self.adaptations])
         return {**data, **self.extra}
 
     @classmethod
@@ -274,8 +314,8 @@ class ModelEntry:
         else:
             shape = data.get("shape")
         checks = data.get("model_checks")
-        known = {"id", *RUN_FIELDS, *ELSEWHERE_FIELDS, *ONNX_FIELDS, *SWEEP_FIELDS, *BATCH_FIELDS, "reference_eps",
-                 "headline_eps", "model_checks"}  # fmt: skip
+        known = {"id", *RUN_FIELDS, *ELSEWHERE_FIELDS, *ONNX_FIELDS, *SWEEP_FIELDS, *BATCH_FIELDS, *ADAPTIVE_FIELDS,
+                 "reference_eps", "headline_eps", "model_checks"}  # fmt: skip
         return cls(
             id=model,
             kind=_text(data.get("kind")),
@@ -315,6 +355,8 @@ class ModelEntry:
             batch_size=_whole(data.get("batch_size")),
             batch_choice=_optional(data.get("batch_choice"), dict),
             batch_backoffs=_backoffs(data.get("batch_backoffs")),
+            draws=draws if (draws := _whole(data.get("draws"))) is not None and draws > 0 else None,
+            adaptations=_adaptations(data.get("adaptations")),
             extra={key: value for key, value in data.items() if key not in known},
         )
 
@@ -422,6 +464,11 @@ def _backoffs(value: Any) -> tuple[dict[str, Any], ...]:
         for item in items
         if isinstance(item, Mapping) and _whole(item.get("from")) is not None and _whole(item.get("to")) is not None
     )
+
+
+def _adaptations(value: Any) -> tuple[Adaptation, ...]:
+    items = value if isinstance(value, list) else []
+    return tuple(adaptation for item in items if (adaptation := Adaptation.from_dict(item)) is not None)
 
 
 def _whole(value: Any) -> int | None:

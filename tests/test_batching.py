@@ -76,6 +76,22 @@ def test_flags_do_not_depend_on_the_batch_size(name, params):
     assert 10 < flags[64].sum() < 110  # the attack broke some, not all: the comparison can fail
 
 
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+def test_a_probe_with_misclassified_examples_draws_starts_per_example(name):
+    """A probe attacks every example, also those misclassified at the start, which ART's APGD leaves out of its
+    random starts: robustcnn must know which rows it started (it once raised here, on every APGD probe)."""
+    model, data = tiny_cnn(), images(60)
+    wrong = ImageSet(INFO, Split.TEST, data.x, torch.where(torch.arange(60) % 4 == 0, (data.y + 1) % 10, data.y))
+    flags = {}
+    for size in (1024, 16):
+        torch.manual_seed(7)
+        flags[size] = cells.probe(
+            attack(name, model, size, steps=2), target(model, size), cells.Examples(wrong, Batches(size)), (1 / 255,)
+        )
+    np.testing.assert_array_equal(flags[1024], flags[16])
+    assert not flags[16][0, ::4].any()  # misclassified from the start
+
+
 def test_pgd_x_adv_is_the_same_bits_in_any_batch():
     model, data = tiny_cnn(), images(100)
     x, y, ids = data.images().numpy(), data.y.numpy(), np.arange(100)

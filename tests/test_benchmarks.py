@@ -146,6 +146,27 @@ def test_scale_section_runs_at_smoke_sizes(tmp_path):
     assert all(row["status"] in {"PASS", "MISS", "-"} for row in rows)
 
 
+@pytest.mark.slow  # seconds: nine one-step PGD calls on 8 images, each run twice (counted, then timed)
+def test_adaptive_section_runs_at_smoke_sizes(tmp_path):
+    import math
+
+    from benchmarks.adaptive import EOTS
+
+    assert bench.main(["--only", "adaptive", "--quick", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "benchmarks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["section"] for row in rows} == {"adaptive"}
+    figures = [row["figure"] for row in rows]
+    for k in EOTS:
+        assert any(f"with EOT K={k} " in figure and f"plain PGD-{k}:" in figure for figure in figures)
+        assert any(f"seconds per PGD step, EOT K={k} " in figure for figure in figures)
+    for bpda in ('bpda = "rounding"', 'bpda = "quantise"'):
+        assert any(bpda in figure for figure in figures)
+    ratios = [float(row["value"]) for row in rows if row["unit"] == "x plain"]
+    assert len(ratios) == len(EOTS) + 2 and all(math.isfinite(r) and r > 0 for r in ratios)
+    assert all(float(row["seconds"]) > 0 for row in rows)
+
+
 def test_gpu_check_without_cuda_says_so(tmp_path, capsys, monkeypatch):
     import torch
 

@@ -86,7 +86,7 @@ def test_bad_suites_are_one_clear_error_naming_the_file(tmp_path, body, message)
 
 def test_unknown_suite_name_lists_the_valid_ones():
     with pytest.raises(
-        UsageError, match="unknown suite 'fast'; choose one of: autoattack-grade, certified, cifar10-linf"
+        UsageError, match="unknown suite 'fast'; choose one of: adaptive, autoattack-grade, certified, cifar10-linf"
     ):
         load_suite("fast")
 

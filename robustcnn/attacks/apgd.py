@@ -3,40 +3,58 @@
 gradient masking that fools cross-entropy. Every iterate counts (AutoAttack's rule): an example is broken
 when any point APGD evaluated inside the ball is misclassified, not only the one ART returns.
 
+DLR needs 3 classes (ART's form, -(z_y - z_i) / (z_pi1 - z_pi3)): on a model with fewer, apgd-dlr and apgd-t use
+cross-entropy instead, said in the manifest and in the rows' params ("loss": "ce").
+
 Batch-independent as the sweep runs it: random starts are drawn per example (`per_example_starts`), and ART's
 step sizes are per image. One exception in ART: a batch stops early when every loss in it is exactly 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from robustcnn.art_setup import import_art
-from robustcnn.attacks.art import narrowed_starts
+from robustcnn.attacks.adaptive import AdaptiveGradients, AdaptiveParams
+from robustcnn.attacks.art import classifier_class, narrowed_starts
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, INT, option
-from robustcnn.errors import UsageError
+from robustcnn.results import Adaptation, Technique
+
+LOSSES = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}  # the suite's name -> ART's loss_type
+DLR_CLASSES = 3  # ART's DLR divides by z_pi1 - z_pi3 (AutoAttack's targeted DLR needs 4: z_pi4 too)
+
+
+def parse_loss(value) -> str:
+    if value in LOSSES:
+        return value
+    raise ValueError("choose one of: dlr, ce")
 
 
 @dataclass(frozen=True)
-class ApgdParams:
+class ApgdParams(AdaptiveParams):
     steps: int = option(100, "iterations (AutoAttack uses 100)", INT)
     restarts: int = option(1, "random starts (ART always starts at a random point of the ball)", INT)
     any_iterate: bool = option(True, "broken when any iterate in the ball is misclassified (AutoAttack)", BOOL)
 
 
-class _Apgd(BoundedAttack):
+class _Apgd(AdaptiveGradients, BoundedAttack):
     Params = ApgdParams
-    loss_type = "cross_entropy"
     targeted = False
+
+    @property
+    def loss_type(self) -> str:
+        """ART's loss: the suite's, cross-entropy for DLR on a model with fewer classes than DLR needs."""
+        loss = getattr(self.params, "loss", "ce")
+        return LOSSES["ce" if self.target.num_classes < DLR_CLASSES else loss]
 
     def build(self, eps):
         import_art()
         from art.attacks.evasion import AutoProjectedGradientDescent
 
-        return AutoProjectedGradientDescent(
+        attack = AutoProjectedGradientDescent(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,
@@ -48,36 +66,50 @@ class _Apgd(BoundedAttack):
             loss_type=self.loss_type,
             verbose=False,
         )
+        # ART wraps the model in a plain PyTorchClassifier of its own (for its loss); robustcnn's subclass, the same
+        # object otherwise, reports each prediction, which tells per-example starts which rows ART restarts from
+        # (`per_example_starts`): examples misclassified at the start, as in a probe, or a restart's survivors.
+        attack._estimator.__class__ = classifier_class()
+        return attack
 
 
-def _needs_three_classes(name: str, target) -> None:
-    if target.num_classes < 3:
-        raise UsageError(f"attack {name!r}: the DLR loss needs at least 3 classes, the model has {target.num_classes}")
+@dataclass(frozen=True)
+class ApgdDlrParams(ApgdParams):
+    loss: str = option("dlr", "dlr, or ce (what a model with fewer than 3 classes gets instead)", parse_loss)
+
+
+class _Dlr(_Apgd):
+    """APGD with the DLR loss, which needs 3 classes: a model with fewer gets cross-entropy, said in the manifest."""
+
+    @classmethod
+    def adapt(cls, name, params, target):
+        params, done = super().adapt(name, params, target)
+        if params.loss != "dlr" or target.num_classes >= DLR_CLASSES:
+            return params, done
+        reason = f"the DLR loss needs at least {DLR_CLASSES} classes; the model has {target.num_classes}"
+        return replace(params, loss="ce"), (*done, Adaptation(name, Technique.LOSS, "ce", reason))
 
 
 @ATTACKS.register("apgd-ce")
 class ApgdCe(_Apgd):
-    loss_type = "cross_entropy"
+    pass
 
 
 @ATTACKS.register("apgd-dlr")
-class ApgdDlr(_Apgd):
-    loss_type = "difference_logits_ratio"
-
-    def __init__(self, name, norm, params, target):
-        _needs_three_classes(name, target)
-        super().__init__(name, norm, params, target)
+class ApgdDlr(_Dlr):
+    Params = ApgdDlrParams
 
 
 @dataclass(frozen=True)
-class ApgdTargetedParams:
+class ApgdTargetedParams(AdaptiveParams):
     steps: int = option(100, "iterations per target class (AutoAttack uses 100)", INT)
     targets: int = option(9, "target classes: the highest-scoring wrong classes (AutoAttack uses 9)", INT)
     any_iterate: bool = option(True, "broken when any iterate in the ball is misclassified (AutoAttack)", BOOL)
+    loss: str = option("dlr", "dlr, or ce (what a model with fewer than 3 classes gets instead)", parse_loss)
 
 
 @ATTACKS.register("apgd-t")
-class ApgdTargeted(_Apgd):
+class ApgdTargeted(_Dlr):
     """Targeted APGD with ART's DLR loss, once per target class, each run only on the examples that the
     earlier targets left correct (AutoAttack's APGD-T). ART's targeted DLR is -(z_t - z_i) / (z_pi1 - z_pi3),
     z_i the largest logit other than the target's; AutoAttack's is -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2),
@@ -85,12 +117,7 @@ class ApgdTargeted(_Apgd):
     """
 
     Params = ApgdTargetedParams
-    loss_type = "difference_logits_ratio"
     targeted = True
-
-    def __init__(self, name, norm, params, target):
-        _needs_three_classes(name, target)
-        super().__init__(name, norm, params, target)
 
     def run(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         attack = self.art_attack(eps)
@@ -104,10 +131,13 @@ class ApgdTargeted(_Apgd):
             targets = np.eye(self.target.num_classes, dtype=np.float32)[wrong[index, k]]
             with narrowed_starts(index, wrong[index, k], targeted=True):  # rows `index`, each with its own starts
                 candidate = attack.generate(x[index], targets)
-            broken = self._labels(candidate) != y[index]
+            broken = self._broken(candidate, y[index])
             x_adv[index[broken]] = candidate[broken]
             correct[index[broken]] = False
         return x_adv
 
-    def _labels(self, x: np.ndarray) -> np.ndarray:
-        return self.target.classifier.predict(x, batch_size=self.target.batch_size).argmax(1)
+    def _broken(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Which candidates are adversarial: by ART's prediction, or a random model's majority of passes."""
+        if self.target.draws > 1:
+            return ~self.target.correct(x, y)
+        return self.target.classifier.predict(x, batch_size=self.target.batch_size).argmax(1) != y

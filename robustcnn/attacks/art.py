@@ -52,7 +52,8 @@ def pin_device(estimator: Any, model: nn.Module, device: torch.device) -> Any:
 
 @functools.cache
 def classifier_class() -> type:
-    """ART's `PyTorchClassifier` with a lean `loss_gradient` for tensors (what ART's PyTorch attacks pass).
+    """ART's `PyTorchClassifier` with a lean `loss_gradient` for tensors (what ART's PyTorch attacks pass), and a zero
+    gradient, not a crash, for a model whose output does not depend on its input for autograd (masked gradients).
 
     Bit for bit ART's gradient (same module call, mode, label reduction and loss), without what an attack
     step does not need: a copy of the batch, preprocessing when there is none, setting the mode that is
@@ -65,7 +66,7 @@ def classifier_class() -> type:
     class Classifier(PyTorchClassifier):
         def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
             predicted = super().predict(x, batch_size=batch_size, training_mode=training_mode, **kwargs)
-            _seen_prediction(predicted)  # which rows APGD restarts from (`per_example_starts`)
+            seen_prediction(predicted)  # which rows APGD restarts from (`per_example_starts`)
             return predicted
 
         def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
@@ -78,17 +79,31 @@ def classifier_class() -> type:
                 and not self._use_amp
             )
             if not lean:
-                return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+                try:
+                    return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+                except (RuntimeError, AttributeError) as error:  # ART's backward() on an output that ignores x
+                    if not _no_path_to_input(error):
+                        raise
+                    return np.zeros_like(x)
             if "_module_list" not in self.__dict__:
                 self._module_list = list(self._model.modules())  # the wrapped model's modules do not change
             if any(module.training != training_mode for module in self._module_list):
                 self._model.train(mode=training_mode)  # ART sets it at every call: a slow walk through setattr
             x_grad = x.detach().requires_grad_(True)
             loss = self._loss(self._model(x_grad)[-1], self.reduce_labels(y))
-            (grad,) = torch.autograd.grad(loss, x_grad)
-            return grad
+            if not loss.requires_grad:
+                return torch.zeros_like(x)  # the model's output does not depend on x for autograd: masked, zero
+            (grad,) = torch.autograd.grad(loss, x_grad, allow_unused=True)
+            return torch.zeros_like(x) if grad is None else grad
 
     return Classifier
+
+
+def _no_path_to_input(error: Exception) -> bool:
+    """Whether ART's loss_gradient failed because the model's output does not depend on its input for autograd (a
+    detached input, no_grad inside the model): a masked gradient, which is zero, not an error."""
+    text = str(error)
+    return "does not require grad" in text or "'NoneType' object has no attribute" in text
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
@@ -510,7 +525,8 @@ def _batch_offset(offset: int) -> Iterator[None]:
         call.offset = None
 
 
-def _seen_prediction(predicted: np.ndarray) -> None:
+def seen_prediction(predicted: np.ndarray) -> None:
+    """A prediction ART just made of the rows of the innermost call: which of them its next restart starts from."""
     call = _CALLS.calls[-1] if _CALLS.calls else None
     if call is not None and len(predicted) == len(call.ids):
         call.predicted = predicted

@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from robustcnn.attacks.adaptive import Findings
 from robustcnn.attacks.art import Starts, per_example_starts, pin_device
 from robustcnn.config import from_mapping, to_dict
 from robustcnn.errors import UsageError
 from robustcnn.registry import Registry
+from robustcnn.results import Adaptation
 from robustcnn.threat import Norm
 
 
@@ -39,6 +41,31 @@ class Target:
     batch_size: int  # examples per ART call: large on GPUs, ~128 on CPUs (cache-bound); the sweep may halve it
     num_classes: int
     batch_choice: Any = None  # how batch_size was chosen ({"requested": N or "auto", ...}), for the manifest
+    findings: Findings = Findings()  # what the model checks found (randomness, masked gradients): attacks adapt to it
+    draws: int = 1  # forward passes that judge a prediction: a random model is right where a majority of them are
+
+    def votes(self, x: np.ndarray) -> np.ndarray:
+        """(draws, k) predicted classes of one batch x (k, C, H, W): one row per forward pass."""
+        with torch.no_grad():
+            inputs = torch.from_numpy(x).to(self.device)
+            return np.stack([self.model(inputs).argmax(1).cpu().numpy() for _ in range(self.draws)])
+
+    def correct(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(k,) True where the model classifies x as y: in one pass, or for a random model in a strict majority
+        of `draws` passes (a tie counts as wrong: the defence must win, not draw)."""
+        return self.majority(self.votes(x), y)
+
+    def majority(self, votes: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(k,) True where a strict majority of `votes` (draws, k) is y."""
+        return (votes == y).sum(0) * 2 > len(votes)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """(k,) the class most passes predict (the lowest of tied classes); a deterministic model's prediction."""
+        votes = self.votes(x)
+        if self.draws == 1:
+            return votes[0]
+        counts = np.stack([(votes == c).sum(0) for c in range(self.num_classes)], axis=1)  # (k, classes)
+        return counts.argmax(1)
 
 
 class Attack:
@@ -63,6 +90,11 @@ class Attack:
             raise UsageError(f"{where}norm {norm.value!r} is not supported by this attack; allowed: {allowed}")
 
     @classmethod
+    def adapt(cls, name: str, params: Any, target: Target) -> tuple[Any, tuple[Adaptation, ...]]:
+        """The params as they run on `target`'s model, and each change made for it (adaptive attacks, fallbacks)."""
+        return params, ()
+
+    @classmethod
     def describe_params(cls, params: Any) -> dict[str, Any]:
         """The parameters as they run (what results.csv records): subclasses correct what ART overrides."""
         return to_dict(params) if fields(params) else {}
@@ -78,6 +110,10 @@ class Attack:
         self.target.model.to(self.target.device)
         return art_attack
 
+    def equipped(self, art_attack: Any) -> Any:
+        """The ART attack as it runs on this model (adaptive attacks change its gradient: attacks/adaptive.py)."""
+        return art_attack
+
 
 class BoundedAttack(Attack):
     kind = "bounded"
@@ -91,7 +127,7 @@ class BoundedAttack(Attack):
         cache = self.__dict__.setdefault("_built", {})
         if eps not in cache:
             cache.clear()
-            cache[eps] = self.pin_device(self.build(eps))
+            cache[eps] = self.pin_device(self.equipped(self.build(eps)))
         return cache[eps]
 
     def records_iterates(self) -> bool:

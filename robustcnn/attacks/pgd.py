@@ -1,7 +1,8 @@
 """pgd: Madry et al. (2018), projected gradient descent from a random start (ART `ProjectedGradientDescentPyTorch`).
 
 Defaults follow Madry et al.: step = 2.5 * eps / steps, so the steps can cross the ball from any start.
-`restarts` > 1 keeps, per example, the first restart that succeeds. Batch-independent as the sweep runs it: each
+`restarts` > 1 keeps, per example, the first restart that succeeds. `eot` and `bpda` adapt it to a random model or
+masked gradients (attacks/adaptive.py). Batch-independent as the sweep runs it: each
 example's random starts come from its own generator (`per_example_starts`), and every step is per example.
 """
 
@@ -11,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robustcnn.attacks.adaptive import AdaptiveGradients, AdaptiveParams
 from robustcnn.attacks.art import lazy_success_rate, pgd_class
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
 from robustcnn.config import BOOL, FLOAT, INT, option
 
 
 @dataclass(frozen=True)
-class PgdParams:
+class PgdParams(AdaptiveParams):
     steps: int = option(40, "gradient steps", INT)
     restarts: int = option(1, "random starts; the first that succeeds counts", INT)
     step_size: float | None = option(None, "step as a fraction of eps; default 2.5 / steps", FLOAT)
@@ -26,7 +28,7 @@ class PgdParams:
 
 
 @ATTACKS.register("pgd")
-class Pgd(BoundedAttack):
+class Pgd(AdaptiveGradients, BoundedAttack):
     Params = PgdParams
 
     def build(self, eps):

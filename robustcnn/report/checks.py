@@ -27,6 +27,7 @@ import pandas as pd
 from robustcnn import overfitting as guard
 from robustcnn.method_traits import MethodTraits, read_traits
 from robustcnn.registry import Registry
+from robustcnn.report import adaptive
 from robustcnn.report.format import describe_point, format_eps, pct
 from robustcnn.results import CHECKS_DOCS, EPS_TOLERANCE, Check, ModelEntry, RowKind, Status, chance_level
 
@@ -517,6 +518,28 @@ def smoothing_noise_trained(
     return _check(name, Status.PASS, f"trained with Gaussian noise at sigma {listed}, the smoothing's", model)
 
 
+def adaptive_attacks(results: Results, model: str, entry: ModelEntry) -> Check:
+    """A defence the sweep's model checks found (randomness, masked gradients) makes every plain gradient attack
+    weak against the model: an attack adapted to it (EOT, BPDA) must have run, or the robust accuracy is an upper
+    bound that one may lower. `entry`: the model's manifest entry (its model checks, adaptations and draws)."""
+    name = "adaptive"
+    found = adaptive.evaluate(entry, adaptive.attacked(_rows(results, model)))
+    if not found.checked:
+        return _check(name, Status.SKIP, "no model checks in the manifest: randomness and masking unknown", model)
+    if not found.defences:
+        return _check(name, Status.SKIP, "the model checks found neither randomness nor masked gradients", model)
+    if found.uncovered:
+        unmet = "; ".join(defence.unmet for defence in found.uncovered)
+        to_do = "; ".join(dict.fromkeys(defence.to_do for defence in found.uncovered))
+        message = f"{unmet}: the robust accuracy is an upper bound that a stronger attack may lower; {to_do}"
+        return _check(name, Status.FAIL, message, model)
+    message = "; ".join(defence.met for defence in found.defences)
+    if any(defence.name == adaptive.RANDOMNESS for defence in found.defences):
+        draws = f"a majority of {found.draws} draws are right" if found.judging else "its one forward pass is right"
+        message += f"; a prediction counts when {draws}"
+    return _check(name, Status.PASS, message, model)
+
+
 @dataclass(frozen=True)
 class ModelView:
     """What every check reads about one model: its rows of the results and its manifest entry."""
@@ -596,6 +619,11 @@ def _steps_restarts(view: ModelView) -> Check:
 @check("black-box-vs-white-box", "black-box attacks are not stronger than white-box ones")
 def _black_box_vs_white_box(view: ModelView) -> Check:
     return black_box_not_stronger(view.rows, view.model)
+
+
+@check("adaptive", "a defence the model checks found met an attack adapted to it (EOT, BPDA)")
+def _adaptive(view: ModelView) -> Check:
+    return adaptive_attacks(view.rows, view.model, view.entry)
 
 
 @check("certified-le-attacked", "certified accuracy (a lower bound) is at most every attack's (upper bounds)")

@@ -13,6 +13,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from robustcnn.report import images
+from robustcnn.report.adaptive import NOT_ADAPTIVE, Evaluation, evaluations
 from robustcnn.report.bracket import bracket
 from robustcnn.report.checks import DOCS, Check, Status, counts, titles
 from robustcnn.report.format import format_eps, markdown_escape, pct
@@ -61,6 +62,8 @@ def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, 
         "series_css": series_css(styles),
         "series_defs": series_defs(styles),
         "headline": table,
+        "not_adaptive": NOT_ADAPTIVE,
+        "adaptive": adaptive_section(data),
         "matrix": check_matrix(checks, data.model_ids),
         "marks": {status.value: mark for status, mark in MARKS.items()},
         "counts": counts(checks),
@@ -201,6 +204,11 @@ def smoothing_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
                 }
             )
     return {"svg": figure_svg(panels, styles, "smoothing", columns=min(2, len(panels))), "rows": table}
+
+
+def adaptive_section(data: SweepData) -> list[Evaluation]:
+    """The models whose attacks were adapted, judged over several draws or met a defence; [] when none was."""
+    return [found for found in evaluations(data.results, data.models).values() if found.shown]
 
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:
@@ -396,6 +404,8 @@ def render_markdown(data: SweepData, table: Headline, checks: list[Check]) -> st
     ]
     if table.guessed:
         lines += ["\\* no reference eps for this norm in the manifest: the middle of the eps grid.", ""]
+    if table.caveats:
+        lines += [f"*{table.caveat_note(markdown_escape)}.*", ""]
     lines.append(", ".join(f"{tally[s.value]} {s.value}" for s in Status) + f" ({DOCS})")
     lines.append("")
     for check in checks:
@@ -403,4 +413,24 @@ def render_markdown(data: SweepData, table: Headline, checks: list[Check]) -> st
             model = f" ({markdown_escape(check.model)})" if check.model else ""
             name, message = markdown_escape(check.name), markdown_escape(check.message)
             lines.append(f"- **{check.status.value.upper()}** {name}{model}: {message}")
+    adaptive = _adaptive_markdown(adaptive_section(data))
+    lines += ([""] if adaptive and lines[-1] else []) + adaptive
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _adaptive_markdown(found: list[Evaluation]) -> list[str]:
+    """summary.md's short Adaptive evaluation: per model, the defences, the judging rule and each adaptation."""
+    if not found:
+        return []
+    lines = ["### Adaptive evaluation", ""]
+    for evaluation in found:
+        said = [defence.account for defence in evaluation.defences]
+        said += [evaluation.judging] if evaluation.judging else []
+        summary = "; ".join(said) or "attacks adapted to the model"
+        lines.append(f"- **{markdown_escape(evaluation.model)}**: {markdown_escape(summary)}")
+        lines += [
+            f"  - {markdown_escape(a.attack)}: {a.technique.value} {markdown_escape(a.setting)} "
+            f"({markdown_escape(a.reason)})"
+            for a in evaluation.adaptations
+        ]
+    return lines

@@ -3,15 +3,19 @@
 Which eps each column reads is decided by the sweep and written per model in the manifest (`HeadlineEps`:
 per norm the suite's `reference_eps`, else the dataset's eps for that norm; per attack the closest grid
 eps). Results of older sweeps fall back to the suite's or the threat model's eps, and without either to
-the middle of the attack's eps grid, which the table then marks.
+the middle of the attack's eps grid, which the table then marks. A model with a defence its model checks found
+(randomness, masked gradients) that no attack adapted to it met is marked "not adaptive" (`report.adaptive`): its
+robust numbers are upper bounds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
+from robustcnn.report.adaptive import NOT_ADAPTIVE, evaluations
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import reference_eps
 from robustcnn.results import Manifest, ModelEntry, RowKind
@@ -57,6 +61,16 @@ class Headline:
     columns: list[Column]  # clean, every eps attack in suite order, worst-case
     rows: list[tuple[str, list[Cell | None]]]  # (model, one cell per column; None when not in the sweep)
     guessed: bool  # some reference eps were guessed (no reference_eps and no threat model)
+    caveats: dict[str, str] = field(default_factory=dict)  # model -> why it is "not adaptive": a defence its model
+    # checks found met no attack adapted to it, so its robust numbers are upper bounds (report.adaptive)
+
+    def caveat_note(self, escape: Callable[[str], str] = str) -> str:
+        """The line under the table that explains the marker ("" when no model carries it); `escape` the user text
+        (model ids) for Markdown."""
+        if not self.caveats:
+            return ""
+        reasons = "; ".join(f"{escape(model)}: {reason}" for model, reason in self.caveats.items())
+        return f"{NOT_ADAPTIVE}: {reasons}: these robust numbers are upper bounds a stronger attack may lower"
 
 
 HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accuracy", "ci_low", "ci_high"]
@@ -84,7 +98,13 @@ def headline(results: pd.DataFrame, models: dict[str, ModelEntry], manifest: Man
         rows.append((model, _mark_strongest(cells, names, set(worst) | set(proofs))))
     columns = [_column(name, [cells[i] for _, cells in rows], name in proofs) for i, name in enumerate(names)]
     guessed = any(cell is not None and cell.guessed for _, cells in rows for cell in cells)
-    return Headline(columns, rows, guessed)
+    return Headline(columns, rows, guessed, caveats(results, models))
+
+
+def caveats(results: pd.DataFrame, models: dict[str, ModelEntry]) -> dict[str, str]:
+    """Per model that needs it, why its headline is "not adaptive" (the `adaptive` check's rule)."""
+    found = evaluations(results, models)
+    return {model: evaluation.caveat for model, evaluation in found.items() if evaluation.caveat}
 
 
 def _clean_cell(rows: pd.DataFrame | None) -> Cell | None:
@@ -139,7 +159,7 @@ def text_table(table: Headline) -> str:
     """Plain text for the terminal: accuracy in %, one row per model, eps in the header."""
     header = ["model", *[_short_label(c) for c in table.columns]]
     body = [
-        [model, *[_text_cell(c, col) for c, col in zip(cells, table.columns, strict=True)]]
+        [_text_model(table, model), *[_text_cell(c, col) for c, col in zip(cells, table.columns, strict=True)]]
         for model, cells in table.rows
     ]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -153,7 +173,12 @@ def text_table(table: Headline) -> str:
         note += f"; {', '.join(proofs)}: certified (proven) accuracy, a lower bound"
     if table.guessed:
         note += "; * no reference eps for this norm in the manifest: middle of the eps grid"
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], note])
+    notes = [note, table.caveat_note()] if table.caveats else [note]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
+
+
+def _text_model(table: Headline, model: str) -> str:
+    return f"{model} [{NOT_ADAPTIVE}]" if model in table.caveats else model
 
 
 def _short_label(column: Column) -> str:
@@ -177,7 +202,8 @@ def markdown_table(table: Headline) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     for model, cells in table.rows:
         values = [_markdown_cell(c, col) for c, col in zip(cells, table.columns, strict=True)]
-        lines.append("| " + " | ".join([markdown_escape(model), *values]) + " |")
+        name = markdown_escape(model) + (f" *({NOT_ADAPTIVE})*" if model in table.caveats else "")
+        lines.append("| " + " | ".join([name, *values]) + " |")
     return "\n".join(lines)
 
 

@@ -120,7 +120,7 @@ def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> p
         from robustcnn.sweep.on_ray import require_ray
 
         require_ray()
-    subjects = load_subjects(list(models), config, suite.n, device)
+    subjects = load_subjects(list(models), config, suite.n, device, suite.draws)
     grids = plan_grids(subjects, suite)
     check_gates_cover(gates, _gate_targets(grids, suite))
     check_out(Path(config.out))  # last of the checks: a bad model or suite is named first, whatever --out holds

@@ -5,7 +5,8 @@ No files, no caching, no rows: each attack kind (kinds/) decides which examples 
 any other (a Ray task, a shard).
 Every function takes the model's test images as `Examples` and works batch by batch: a batch of indices is
 converted to float, attacked and predicted, and only per-example flags, distances or radii are kept for the whole
-set (never a float copy of it). It returns per-example flags: True where the example is still classified correctly.
+set (never a float copy of it). It returns per-example flags: True where the example is still classified correctly
+(by a model random at test time: in a majority of `Target.draws` passes).
 Random starts are drawn per example (`Starts`), so the flags do not depend on the batch size, and a batch redone
 smaller after running out of GPU memory (`Batches`) gives the same flags.
 """
@@ -54,15 +55,11 @@ def start_seed() -> int:
     return torch.initial_seed()
 
 
-def labels(target: Target, x: np.ndarray) -> np.ndarray:
-    """Predicted classes of one batch x (k, C, H, W), on the target's device."""
-    with torch.no_grad():
-        return target.model(torch.from_numpy(x).to(target.device)).argmax(1).cpu().numpy()
-
-
 def predict(target: Target, x: np.ndarray) -> np.ndarray:
-    """Predicted classes for a few images in memory (the gallery), in batches of the target's batch size."""
-    out = [labels(target, x[start : start + target.batch_size]) for start in range(0, len(x), target.batch_size)]
+    """Predicted classes for a few images in memory (the gallery), in batches of the target's batch size; a random
+    model's: the class most of its passes predict."""
+    size = target.batch_size
+    out = [target.labels(x[start : start + size]) for start in range(0, len(x), size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -78,7 +75,7 @@ def clean(target: Target, examples: Examples) -> np.ndarray:
     y = examples.y
 
     def work(part: np.ndarray) -> None:
-        correct[part] = labels(target, examples.x(part)) == y[part]
+        correct[part] = target.correct(examples.x(part), y[part])
 
     in_batches(work, np.arange(len(examples)), examples.batches, "clean")
     return correct
@@ -93,7 +90,7 @@ def bounded(attack, target: Target, examples: Examples, todo: np.ndarray, eps: f
 
         def work(part: np.ndarray) -> None:
             x_adv = attack.generate(examples.x(part), y[part], eps, starts=Starts(seed, part))
-            robust[part] = labels(target, x_adv) == y[part]
+            robust[part] = target.correct(x_adv, y[part])
 
         in_batches(work, index, examples.batches, f"{attack.name} eps={eps:.4g}")
     return robust
@@ -139,7 +136,7 @@ def minimal(attack, target: Target, examples: Examples, correct: np.ndarray, gri
     def work(part: np.ndarray) -> None:
         x = examples.x(part)
         x_adv = attack.generate(x, y[part])
-        fooled = labels(target, x_adv) != y[part]
+        fooled = ~target.correct(x_adv, y[part])
         norms = np.linalg.norm((x_adv - x).reshape(len(part), -1), ord=order, axis=1)
         distance[part] = np.where(fooled, norms, np.inf)
 
@@ -157,14 +154,15 @@ def patch(attack, target: Target, examples: Examples, x_train, y_train, scales, 
     flags, success = [], []
     others = y != goal
     for scale in scales:
-        predicted = np.zeros(len(y), dtype=np.int64)
+        right, hit = np.zeros(len(y), dtype=bool), np.zeros(len(y), dtype=bool)
 
-        def work(part: np.ndarray, scale=scale, predicted=predicted) -> None:
-            predicted[part] = labels(target, attack.apply(examples.x(part), scale, trained, scales))
+        def work(part: np.ndarray, scale=scale, right=right, hit=hit) -> None:
+            votes = target.votes(attack.apply(examples.x(part), scale, trained, scales))
+            right[part], hit[part] = target.majority(votes, y[part]), target.majority(votes, goal)
 
         in_batches(work, np.arange(len(y)), examples.batches, f"{attack.name} scale={scale:g}")
-        flags.append(predicted == y)
-        success.append(float((predicted[others] == goal).mean()) if others.any() else math.nan)
+        flags.append(right)
+        success.append(float(hit[others].mean()) if others.any() else math.nan)
     return np.stack(flags), success, trained.astype(np.float32)
 
 

@@ -131,8 +131,14 @@ class ChainRunner:
     def run_chain(self, chain: Chain) -> None:
         subject = chain.subject
         for spec in chain.specs:
+            spec = self.adapted(subject, spec)
             attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
             spec.kind.run(self, subject, spec, attack)
+
+    def adapted(self, subject: Subject, spec: AttackSpec) -> AttackSpec:
+        """`spec` as it runs on this model: adapted to what its model checks found (EOT on a random model, ...).
+        Its keys, rows and survivors are those of the adapted attack, wherever the chain runs."""
+        return spec.adapted(subject.target)[0]
 
     def finished(self, chain: Chain) -> bool:
         """Whether every cell of the chain is on disk (read back into `done` as far as they go)."""
@@ -154,6 +160,8 @@ class ChainRunner:
         model, so identical weights loaded two ways give identical rows, and models meet common random numbers.
         """
         common = {"dataset": subject.info.name, "subset": subject.subset_hash, "seed": self.config.seed, **parts}
+        if subject.target.draws > 1:  # a random model judged by a majority of passes; absent otherwise: old keys hold
+            common["draws"] = subject.target.draws
         if subject.info.variant:  # an image folder's transform and label files; absent otherwise, so old keys hold
             common["data"] = subject.info.variant
         key = cell_key({"model": subject.card.key, "versions": self.versions, "cells": CELLS_VERSION, **common})
@@ -219,11 +227,11 @@ class ChainRunner:
 
     def _earlier(self, spec: AttackSpec) -> set[str]:
         """The attacks before `spec` in the suite with its norm: what a cascade runs `spec` after."""
-        index = self.suite.attacks.index(spec)
+        index = self.position[spec.name]
         return {s.name for s in self.suite.attacks[:index] if s.norm is spec.norm and s.kind.in_worst_case}
 
     def cascade_identity(self, subject: Subject, spec: AttackSpec) -> dict[str, Any]:
         if not self.suite.cascade:
             return {}
-        before = [s for s in self.suite.attacks if s.name in self._earlier(spec)]
+        before = [self.adapted(subject, s) for s in self.suite.attacks if s.name in self._earlier(spec)]
         return {"after": [[s.describe(), list(self.grids[subject.id][s.name])] for s in before]}

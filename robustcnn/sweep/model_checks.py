@@ -2,15 +2,16 @@
 
 Each returns a `Check` (robustcnn.results, the type the report's checks return too), explained under its name in
 docs/checks.md. They catch set-ups where gradient attacks fail for a bad reason and the accuracy under attack
-would look better than it is.
+would look better than it is; what they find (`Findings`: randomness, masked gradients) decides how the adaptive
+options of the suite's attacks apply to each model (robustcnn/attacks/adaptive.py).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from robustcnn.attacks.adaptive import Findings, RoundingStraightThrough
 from robustcnn.errors import UsageError, last_line
 from robustcnn.results import Check, Status
 
@@ -39,22 +40,67 @@ def check_deterministic(model: nn.Module, x: torch.Tensor) -> Check:
     return Check.of("deterministic", Status.PASS, "identical inputs give identical outputs")
 
 
+MASKED_FRACTION = 0.1  # examples with a masked gradient above which gradient attacks are not to be trusted
+MASKED_L1 = 1e-6  # an example's margin gradient this small in L1 is masked: all pixels moved by 1 would change the
+# margin by 1e-6 at first order, nothing an attack step can follow
+
+
+def masked_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of examples whose logit margin (true class minus the best other) has a zero or near-zero input
+    gradient. The margin, not cross-entropy: cross-entropy's gradient is exactly 0 on a very confident prediction
+    (softmax rounds to 1), which is saturation that DLR and C&W losses get past, not a defence."""
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    margin = (true - others).sum()
+    if not margin.requires_grad:  # the output does not depend on x for autograd at all (no_grad, a cast)
+        return 1.0
+    (gradient,) = torch.autograd.grad(margin, x, allow_unused=True)  # unused: x detached inside the model
+    if gradient is None:
+        return 1.0
+    size = gradient.flatten(1).abs().sum(1)
+    return ((size <= MASKED_L1) | ~torch.isfinite(size)).float().mean().item()
+
+
 def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
     """Zero input gradients make every gradient attack fail while the model is not robust at all."""
-    x = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (gradient,) = torch.autograd.grad(loss, x)
-    zero = (gradient.flatten(1).abs().amax(1) == 0).float().mean().item()
-    if zero > 0.1:
-        message = f"{zero:.0%} of examples have an all-zero input gradient: gradient attacks cannot work (masking)"
+    masked = masked_gradients(model, x, y)
+    if masked > MASKED_FRACTION:
+        message = (
+            f"{masked:.0%} of examples have a zero input gradient: gradient attacks cannot work (masking); "
+            "BPDA (bpda = ...) or a black-box attack can"
+        )
         return Check.of("gradients", Status.FAIL, message)
-    return Check.of("gradients", Status.PASS, f"input gradients are non-zero for {1 - zero:.0%} of examples")
+    return Check.of("gradients", Status.PASS, f"input gradients are non-zero for {1 - masked:.0%} of examples")
 
 
-def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Check]:
-    """x (n, C, H, W) in [0, 1] and y (n,) on the model's device; the model is left in eval mode."""
+def check_gradients_bpda(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
+    """Masked gradients: do they come back with rounding ops passing the gradient straight through (BPDA)?"""
+    with RoundingStraightThrough():
+        masked = masked_gradients(model, x, y)
+    if masked > MASKED_FRACTION:
+        message = (
+            f"with rounding ops passing the gradient straight through (BPDA), {masked:.0%} of examples still have a "
+            'zero input gradient: the masking is elsewhere; name its submodule with bpda = "MODULE.PATH"'
+        )
+        return Check.of("gradients-bpda", Status.FAIL, message)
+    message = f"with rounding ops passing the gradient straight through (BPDA), {1 - masked:.0%} have a gradient"
+    return Check.of("gradients-bpda", Status.PASS, message)
+
+
+def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[Check], Findings]:
+    """x (n, C, H, W) in [0, 1] and y (n,) on the model's device; the model is left in eval mode.
+
+    The checks, and what they found for the attacks to adapt to (robustcnn/attacks/adaptive.py)."""
     model.eval()
-    return [check_logits(model, x), check_deterministic(model, x), check_gradients(model, x, y)]
+    deterministic, gradients = check_deterministic(model, x), check_gradients(model, x, y)
+    checks = [check_logits(model, x), deterministic, gradients]
+    masked = gradients.status is Status.FAIL
+    if masked:
+        checks.append(check_gradients_bpda(model, x, y))
+    random = deterministic.status is Status.FAIL
+    return checks, Findings(random, masked, masked and checks[-1].status is Status.PASS)
 
 
 def require_fit(model: nn.Module, x: torch.Tensor, info, name: str) -> None:

@@ -53,7 +53,7 @@ from robustcnn.results import RowKind
 from robustcnn.sweep.chains import Chain, ChainRunner, Done
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.store import NUMBERS, BadCell, Cell, Expected, MemoryStore
-from robustcnn.sweep.subjects import Subject, attack_target, for_attacks
+from robustcnn.sweep.subjects import Judging, Subject, attack_target, for_attacks
 from robustcnn.sweep.suite import AttackSpec, Suite
 
 RAY_EXTRA = "pip install 'robustcnn[ray]'"
@@ -85,6 +85,7 @@ class Payload:
 
     subject: Subject  # without its ART wrapper (rebuilt on the task's device)
     handed: dict[tuple[str, str], Any]  # (model id, attack name) -> its kind's `ray_payload` (the patch's images)
+    judged: Judging  # what the driver's model checks found, and the passes that judge a prediction
 
 
 # --- connecting ---------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ class _Tasks:
             data = spec.kind.ray_payload(self.sweep, subject, spec)
             if data is not None:
                 handed[subject.id, spec.name] = data
-        return Payload(dataclasses.replace(subject, target=None, checks=[]), handed)
+        judged = Judging(subject.target.findings, subject.target.draws)
+        return Payload(dataclasses.replace(subject, target=None, checks=[]), handed, judged)
 
     def _submit(self, chain: Chain) -> None:
         self.attempts[chain.index] = self.attempts.get(chain.index, 0) + 1
@@ -598,7 +600,7 @@ def _chain_items(payload, names, known, config, suite, grids, versions) -> Itera
     torch.set_num_threads(config.cpus_per_task)
     _same_versions(library_versions(), versions)  # the driver's are those that can change a cell's numbers
     device = resolve_device(config.device)
-    subject = _on_device(payload.subject, device, config.batch_size)  # "auto": chosen in the task, on its device
+    subject = _on_device(payload.subject, device, config.batch_size, payload.judged)  # "auto": chosen on its device
     cells: queue.Queue = queue.Queue()
     runner = ChainRunner(
         config, suite, {subject.id: grids}, MemoryStore(known), versions,
@@ -639,7 +641,7 @@ def _same_versions(mine: dict[str, str], drivers: dict[str, str]) -> None:
         )
 
 
-def _on_device(subject: Subject, device: torch.device, batch_size: int | str) -> Subject:
+def _on_device(subject: Subject, device: torch.device, batch_size: int | str, judged: Judging) -> Subject:
     module = for_attacks(subject.model, device)
-    target = attack_target(module, subject.info, device, batch_size, len(subject.data))
+    target = attack_target(module, subject.info, device, batch_size, len(subject.data), judged)
     return dataclasses.replace(subject, model=module, target=target)

@@ -47,7 +47,6 @@ from robustcnn.results import (
 from robustcnn.sweep import cells
 from robustcnn.sweep.chains import Chain, ChainRunner, Done, seed_all
 from robustcnn.sweep.config import SweepConfig
-from robustcnn.sweep.model_checks import model_checks
 from robustcnn.sweep.store import CellStore
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
@@ -248,9 +247,7 @@ class Sweep(ChainRunner):
 
     # --- gallery, model checks, manifest -------------------------------------------------------
     def _record_model_checks(self, subject: Subject) -> None:
-        x = subject.data.images(slice(0, 64)).to(subject.target.device)
-        y = subject.data.y[:64].to(subject.target.device)
-        checks = model_checks(subject.model, x, y) + subject.checks
+        checks = subject.checks  # run as the model was loaded (subjects.py): what they found adapts the attacks
         self.manifest.replace_entry(dataclasses.replace(self.manifest.entry(subject.id), model_checks=tuple(checks)))
         for check in checks:
             if check.status is not Status.PASS:
@@ -337,6 +334,8 @@ class Sweep(ChainRunner):
             headline=self.headline[subject.id],
             batch_size=subject.target.batch_size,
             batch_choice=subject.target.batch_choice,
+            draws=subject.target.draws,
+            adaptations=tuple(change for spec in self.suite.attacks for change in spec.adapted(subject.target)[1]),
         )
 
     def _record_batches(self) -> None:

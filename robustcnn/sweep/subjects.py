@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from robustcnn.attacks import Target
+from robustcnn.attacks.adaptive import Findings
 from robustcnn.attacks.art import art_classifier
 from robustcnn.console import say
 from robustcnn.data import DatasetInfo, FolderOptions, ImageSet, dataset_info, load_dataset, split_labels
@@ -38,7 +39,7 @@ from robustcnn.models.external import (
 from robustcnn.results import RUN, Check, ModelEntry, Status
 from robustcnn.runs import Run, load_run
 from robustcnn.sweep.config import SweepConfig
-from robustcnn.sweep.model_checks import require_fit
+from robustcnn.sweep.model_checks import model_checks, require_fit
 
 IN_MODEL = "in-model"  # the preprocessing column of robustcnn's own models: they normalise inside
 
@@ -65,7 +66,7 @@ class Subject:
     data: ImageSet  # the n test images
     subset: np.ndarray  # their indices in the test split
     target: Target
-    checks: list[Check] = field(default_factory=list)  # said about the model before any attack
+    checks: list[Check] = field(default_factory=list)  # said about the model before any attack: the model checks
 
     @property
     def sha256(self) -> str:
@@ -158,7 +159,11 @@ def test_subset(size: int, n: int, seed: int, dataset: str, ordered: bool = Fals
     return order[:n].numpy()
 
 
-def load_subjects(models: list, config: SweepConfig, n_default: int | None, device: torch.device) -> list[Subject]:
+def load_subjects(
+    models: list, config: SweepConfig, n_default: int | None, device: torch.device, draws: int = 1
+) -> list[Subject]:
+    """The models, each with its test images, model checks and ART wrapper; `draws`: the suite's passes that judge a
+    model found random at test time (a deterministic one gets one)."""
     if not models:
         raise UsageError(f"no models given; pass one or more models: {SPEC_FORMS}")
     models = [as_model(m) for m in models]
@@ -166,14 +171,16 @@ def load_subjects(models: list, config: SweepConfig, n_default: int | None, devi
     batch_size = config.batch_size  # images per batch, or "auto": chosen per model (`attack_target`)
     subjects = []
     for model, name in zip(models, ids, strict=True):
-        subject = _subject(model, name, config, n_default, device, batch_size)
+        subject = _subject(model, name, config, n_default, device, batch_size, draws)
         for note in subject.card.entry.notes:
             say(f"{name}: {note}")
         subjects.append(subject)
     return subjects
 
 
-def _subject(model: Model, name: str, config: SweepConfig, n_default, device, batch_size: int | str) -> Subject:
+def _subject(
+    model: Model, name: str, config: SweepConfig, n_default, device, batch_size: int | str, draws: int
+) -> Subject:
     if is_run(model):
         card, module, info = _from_run(model, name, config)
     else:
@@ -195,9 +202,11 @@ def _subject(model: Model, name: str, config: SweepConfig, n_default, device, ba
     module = for_attacks(module, device)
     probe = data.images(slice(0, 64)).to(device)  # (<=64, C, H, W) in [0, 1]
     require_fit(module, probe, info, name)
-    card, checks = _verify(card, module, probe)
-    target = attack_target(module, info, device, batch_size, len(data))
-    return Subject(name, card, module, info, data, subset, target, checks)
+    checks, findings = model_checks(module, probe, data.y[:64].to(device))
+    card, verified = _verify(card, module, probe)
+    judged = Judging(findings, draws if findings.random else 1)
+    target = attack_target(module, info, device, batch_size, len(data), judged)
+    return Subject(name, card, module, info, data, subset, target, checks + verified)
 
 
 def _folder_options(model: Model, dataset: str, config: SweepConfig) -> tuple[FolderOptions, str | None]:
@@ -229,8 +238,21 @@ def for_attacks(module: nn.Module, device: torch.device) -> nn.Module:
     return fast_layout(module.to(device).eval(), device).requires_grad_(False)
 
 
+@dataclass(frozen=True)
+class Judging:
+    """What the model checks found, and how many passes judge a prediction (`Target.findings`, `Target.draws`)."""
+
+    findings: Findings = Findings()
+    draws: int = 1
+
+
 def attack_target(
-    module: nn.Module, info: DatasetInfo, device: torch.device, batch_size: int | str | None, n: int
+    module: nn.Module,
+    info: DatasetInfo,
+    device: torch.device,
+    batch_size: int | str | None,
+    n: int,
+    judged: Judging = Judging(),
 ) -> Target:
     """What attacks run against: ART's wrapper over the module placed by `for_attacks`, with its batch size: as
     given, or for "auto" (None too) chosen for this model on this device (robustcnn/sweep/batching.py); n: images."""
@@ -238,7 +260,7 @@ def attack_target(
 
     size, choice = choose_batch_size(batch_size, module, info.shape, device, n)
     classifier = art_classifier(module, info.shape, info.num_classes, device)
-    return Target(classifier, module, device, size, info.num_classes, choice)
+    return Target(classifier, module, device, size, info.num_classes, choice, judged.findings, judged.draws)
 
 
 def _from_run(model: Model, name: str, config: SweepConfig) -> tuple[Card, nn.Module, DatasetInfo]:

@@ -3,6 +3,7 @@
     description = "what it is for and what it costs"
     n = 500                           # test images, unless --n says otherwise
     cascade = false                   # true: each attack only on what every earlier one (same norm) left
+    draws = 1                         # a model random at test time is right where a majority of this many passes are
     reference_eps = "8/255"           # the headline's eps: one Linf number, or {inf = "8/255", 2 = 0.5}
     [[attack]]
     name = "pgd-linf"                 # unique within the suite; rows and --fail-under use it
@@ -11,6 +12,8 @@
     eps = [0.1, 0.2, 0.3]             # absolute radii in [0, 1] pixel units, or instead:
     # eps_fraction = [0.5, 1.0]       # multiples of the dataset's reference eps (MNIST Linf 0.3, CIFAR 8/255)
     steps = 40                        # the attack's own parameters
+    eot = 20                          # gradient attacks: adapted to a random model, masked gradients (adaptive.py)
+    bpda = "auto"
 
 Suites are found by name in the checkout's attacks/ folder or inside the installed package.
 """
@@ -18,7 +21,7 @@ Suites are found by name in the checkout's attacks/ folder or inside the install
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,11 @@ import tomllib
 from robustcnn.attacks import ATTACKS
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
+from robustcnn.results import Adaptation
 from robustcnn.sweep.kinds import KINDS, Kind
 from robustcnn.threat import Norm, check_eps, parse_eps
 
-SUITE_KEYS = ("description", "n", "reference_eps", "cascade", "attack")
+SUITE_KEYS = ("description", "n", "reference_eps", "cascade", "draws", "attack")
 MAX_SUITE_BYTES = 1 << 20  # shipped suites are ~1 KB; the text is copied into manifest.json and the report
 ENTRY_KEYS = ("name", "type", "norm", "eps", "eps_fraction", "scales")
 
@@ -50,7 +54,9 @@ CAPS = {  # attack parameter -> its largest allowed value, whichever attack has 
     "selection": 100_000,  # smoothing's noise samples that choose the class; Cohen et al. use 100
     "train_images": 100_000,  # images the patch is optimised on, held in memory; CIFAR-10 has 50000
     "batch": 100_000,  # images per forward pass of a bound or of smoothing: memory, not time
+    "eot": 1_000,  # forward and backward passes per gradient of a random model; AutoAttack's rand version uses 20
 }
+MAX_DRAWS = 1_000  # passes that judge one prediction of a random model
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,12 @@ class AttackSpec:
             )
         return grid
 
+    def adapted(self, target) -> tuple[AttackSpec, tuple[Adaptation, ...]]:
+        """This attack as it runs on `target`'s model (its params adapted to what the model checks found, e.g. EOT
+        on a random model), and each change with its reason."""
+        params, adaptations = self.attack_class.adapt(self.name, self.params, target)
+        return (self if params is self.params else replace(self, params=params)), adaptations
+
     def check_data(self, info: DatasetInfo) -> None:
         """Values only the data can judge (a patch's target class and size), checked before anything is written."""
         self.kind.check_data(self, info)
@@ -112,6 +124,7 @@ class Suite:
     attacks: tuple[AttackSpec, ...]
     text: str  # the file as written, kept in the manifest
     cascade: bool = False  # each attack runs only on the examples every earlier attack of its norm left correct
+    draws: int = 1  # passes that judge a prediction of a model random at test time (correct in a strict majority)
 
     def reference(self, norm: Norm, info: DatasetInfo) -> float:
         """The headline's eps for `norm` on this data: the suite's, else the dataset's for that norm."""
@@ -125,6 +138,7 @@ class Suite:
             "n": self.n,
             "reference_eps": {norm.value: eps for norm, eps in self.reference_eps.items()},
             "cascade": self.cascade,
+            "draws": self.draws,
             "text": self.text,
         }
 
@@ -193,7 +207,10 @@ def parse_suite(data: dict[str, Any], path: Path, text: str = "") -> Suite:
     if not isinstance(cascade, bool):
         raise UsageError(f"{where}cascade = {cascade!r} is not allowed; it must be true or false")
     reference = _reference_eps(data.get("reference_eps"), where)
-    return Suite(path.stem, path, description, n, reference, attacks, text, cascade)
+    draws = data.get("draws", 1)
+    if not isinstance(draws, int) or isinstance(draws, bool) or not 1 <= draws <= MAX_DRAWS:
+        raise UsageError(f"{where}draws = {draws!r} is not allowed; it must be a whole number from 1 to {MAX_DRAWS}")
+    return Suite(path.stem, path, description, n, reference, attacks, text, cascade, draws)
 
 
 def _reference_eps(value: Any, where: str) -> dict[Norm, float]:
