@@ -43,13 +43,17 @@ from torch import nn
 
 from benchmarks.table import Row
 from benchmarks.timing import Timed, interleaved
-from robustcnn.attacks.adaptive import Findings
 from robustcnn.attacks.art import art_classifier
-from robustcnn.attacks.base import Target
+from robustcnn.attacks.base import Findings, Target
 from robustcnn.attacks.pgd import Pgd, PgdParams
 from robustcnn.devices import fast_layout
 from robustcnn.models import MODELS
 from robustcnn.threat import Norm
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests"  # tests/adaptive_models.py: the defended models
+sys.path.insert(0, str(FIXTURES))
+import adaptive_models as defended  # noqa: E402  (the tests' defences and independent attacks, not a copy of them)
+from adaptive_models import Noisy, Quantised  # noqa: E402
 
 EOTS = (1, 4, 16)  # K: gradient passes averaged per PGD step (the issue's)
 STEPS = 10  # PGD steps of the EOT rows: EOT-16 is then 160 passes a call
@@ -59,39 +63,6 @@ CLASSES = 10
 EPS = 0.3  # Linf, pixels in [0, 1]: MNIST's reference eps (Madry et al.)
 SIGMA = 0.25  # std of the Gaussian noise the random model adds to its input, in pixels
 LEVELS = 8  # grey levels the quantising model rounds its input to
-
-
-class Noisy(nn.Module):
-    """Gaussian noise on the input at test time: a random model, each call a fresh draw (what EOT is for)."""
-
-    def __init__(self, net: nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.net, self.sigma = net, sigma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x + self.sigma * torch.randn_like(x))
-
-
-class Round(nn.Module):
-    """x -> round(x * (levels - 1)) / (levels - 1): zero input gradient everywhere (what BPDA is for)."""
-
-    def __init__(self, levels: int) -> None:
-        super().__init__()
-        self.levels = levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * (self.levels - 1)) / (self.levels - 1)
-
-
-class Quantised(nn.Module):
-    """`net` behind input quantisation; the rounding is the submodule `quantise`, so bpda can name it."""
-
-    def __init__(self, net: nn.Module, levels: int) -> None:
-        super().__init__()
-        self.quantise, self.net = Round(levels), net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.quantise(x))
 
 
 @dataclass(frozen=True)
@@ -237,16 +208,12 @@ def bpda_row(timed: dict[str, Timed], seen: dict[str, int], bpda: str, steps: in
 
 
 # --- accuracy: the adaptive suite against independent adaptive attacks ---------------------------------------------
-FIXTURES = Path(__file__).resolve().parents[1] / "tests"  # tests/adaptive_models.py: the defended models
 ADAPTIVE_BAR = 5.0  # points the adaptive suite may lie above the independent attack (the issue's "done when")
 
 
 def accuracy_rows(n: int, seed: int = 0) -> list[Row]:
     """Per defended model: the adaptive suite's worst case minus the independent attack's accuracy (target <= 5
     points), and plain PGD-40 minus the adaptive suite (how much a plain attack overstates the model)."""
-    sys.path.insert(0, str(FIXTURES))
-    import adaptive_models as defended
-
     from robustcnn.sweep.subjects import test_subset
 
     _, _, x, y = defended.digits_split()

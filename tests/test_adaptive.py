@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from robustcnn.attacks import ATTACKS, Target
-from robustcnn.attacks.adaptive import Findings, RoundingStraightThrough, find_module, straight_through
+from robustcnn.attacks.adaptive import RoundingStraightThrough, find_module, straight_through
 from robustcnn.attacks.art import art_classifier
+from robustcnn.attacks.base import Findings
 from robustcnn.errors import UsageError
 from robustcnn.results import Technique
 from robustcnn.sweep.model_checks import model_checks

@@ -20,29 +20,17 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from robustcnn.attacks.art import seen_prediction
+from robustcnn.attacks.base import Findings, Target
 from robustcnn.config import INT, option
 from robustcnn.errors import UsageError
 from robustcnn.results import Adaptation, Technique
-
-if TYPE_CHECKING:
-    from robustcnn.attacks.base import Target
-
-
-@dataclass(frozen=True)
-class Findings:
-    """What the sweep's model checks found about a model (robustcnn/sweep/model_checks.py): how its attacks adapt."""
-
-    random: bool = False  # outputs differ between identical calls (check `deterministic` failed)
-    masked: bool = False  # input gradients zero for many examples (check `gradients` failed)
-    rounding_restores: bool = False  # masked, and rounding ops passed straight through bring them back (gradients-bpda)
-
 
 RANDOM_REASON = "outputs differ between identical calls (model check deterministic: fail)"
 MASKED_REASON = "input gradients are zero (model check gradients: fail)"

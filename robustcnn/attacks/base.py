@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from robustcnn.attacks.adaptive import Findings
 from robustcnn.attacks.art import Starts, per_example_starts, pin_device
 from robustcnn.config import from_mapping, to_dict
 from robustcnn.errors import UsageError
@@ -29,6 +28,15 @@ from robustcnn.threat import Norm
 @dataclass(frozen=True)
 class NoParams:
     """An attack with no tunable parameters."""
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the sweep's model checks found about a model (robustcnn/sweep/model_checks.py): how its attacks adapt."""
+
+    random: bool = False  # outputs differ between identical calls (check `deterministic` failed)
+    masked: bool = False  # input gradients zero for many examples (check `gradients` failed)
+    rounding_restores: bool = False  # masked, and rounding ops passed straight through bring them back (gradients-bpda)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcnn.attacks.adaptive import Findings, RoundingStraightThrough
+from robustcnn.attacks.adaptive import RoundingStraightThrough
+from robustcnn.attacks.base import Findings
 from robustcnn.errors import UsageError, last_line
 from robustcnn.results import Check, Status
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from robustcnn.attacks import Target
-from robustcnn.attacks.adaptive import Findings
 from robustcnn.attacks.art import art_classifier
+from robustcnn.attacks.base import Findings
 from robustcnn.console import say
 from robustcnn.data import DatasetInfo, FolderOptions, ImageSet, dataset_info, load_dataset, split_labels
 from robustcnn.devices import fast_layout
