@@ -60,6 +60,27 @@ def test_rounding_passes_the_gradient_straight_through_and_keeps_its_values(call
         assert (torch.autograd.grad(plain.sum(), leaf)[0] == 0).all()
 
 
+def test_rounding_in_an_exported_graph_passes_the_gradient_straight_through():
+    """A .pt2 model's graph calls aten ops (aten.to.dtype for a cast, then checks the cast's dtype)."""
+
+    class Stored(nn.Module):  # stores the image as uint8, then quantises it
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.net(torch.round((x * 255).to(torch.uint8).float() / 255 * 3) / 3)
+
+    torch.manual_seed(0)
+    model = Stored().eval()
+    graph = torch.export.export(model, (torch.rand(2, 1, 8, 8),)).module()
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    with RoundingStraightThrough():
+        out = graph(x)
+    (gradient,) = torch.autograd.grad(out[:, 0].sum(), x)
+    assert torch.equal(out, model(x)) and (gradient != 0).all()
+
+
 def test_rounding_mode_leaves_other_calls_and_values_without_gradient_alone():
     x = torch.rand(4)
     with RoundingStraightThrough():

@@ -223,8 +223,10 @@ def _rounding_ops() -> frozenset:
 ROUNDING_OPS = _rounding_ops()
 CAST_OPS = frozenset(
     {getattr(torch.Tensor, name) for name in ("to", "type", "long", "int", "short", "char", "byte")}
-    | {torch.ops.aten._to_copy.default}
+    | {torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout}
+    | {torch.ops.aten.to.device, torch.ops.aten.to.other}  # what torch.export writes for .to(torch.uint8)
 )
+CHECKED_DTYPE = torch.ops.aten._assert_tensor_metadata.default  # an exported graph's check of a cast's dtype
 
 
 class RoundingStraightThrough(TorchFunctionMode):
@@ -238,6 +240,8 @@ class RoundingStraightThrough(TorchFunctionMode):
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is CHECKED_DTYPE and args and getattr(args[0], CAST_MARK, False):
+            return None  # the graph checks that its cast gave an integer type: this one stays float on purpose
         out = func(*args, **(kwargs or {}))
         if func not in ROUNDING_OPS and func not in CAST_OPS:
             return out
@@ -248,4 +252,10 @@ class RoundingStraightThrough(TorchFunctionMode):
             return out
         if func in CAST_OPS and out.is_floating_point():
             return out  # a cast to another float type or a move to a device: differentiable already
-        return _through(x, out)
+        through = _through(x, out)
+        if func in CAST_OPS:
+            setattr(through, CAST_MARK, True)
+        return through
+
+
+CAST_MARK = "_robustcnn_straight_through_cast"  # on a cast's float result, which an exported graph checks
