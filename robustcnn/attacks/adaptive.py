@@ -101,8 +101,8 @@ class AdaptiveGradients:
         attack). With EOT the attack works against the expected model throughout: its gradients, and also the losses
         and predictions it steers by (APGD's step sizes and best points, which restarts and examples it keeps), are
         means over the passes; one noisy pass would make those choices at random."""
-        passes = self.params.eot if self.target.findings.random else 1
-        bpda = _resolved_bpda(self.params.bpda, self.target.findings)
+        ran = self.adapt(self.name, self.params, self.target)[0]  # as adapted params (the sweep's) already are
+        passes, bpda = ran.eot, ran.bpda
         if passes == 1 and bpda == "off":
             return art_attack
         estimator = _shallow_copy(art_attack.estimator)

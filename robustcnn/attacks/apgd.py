@@ -46,9 +46,8 @@ class _Apgd(AdaptiveGradients, BoundedAttack):
 
     @property
     def loss_type(self) -> str:
-        """ART's loss: the suite's, cross-entropy for DLR on a model with fewer classes than DLR needs."""
-        loss = getattr(self.params, "loss", "ce")
-        return LOSSES["ce" if self.target.num_classes < DLR_CLASSES else loss]
+        """ART's loss: the suite's, as adapted to the model (cross-entropy for DLR on too few classes: `_Dlr.adapt`)."""
+        return LOSSES[getattr(self.adapt(self.name, self.params, self.target)[0], "loss", "ce")]
 
     def build(self, eps):
         import_art()
