@@ -9,11 +9,14 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 install: $(VENV)/.installed
 
+# torchattacks, the benchmarks' comparison loop, pins requests~=2.25.1 (which it never imports) and MLflow's client
+# needs requests>=2.28, so no resolver installs both: it comes last, without its dependencies (all in .[dev]).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks>=3.5'
 	touch $@
 
 # Headless Chromium for the report's browser test (Debian's package; Playwright drives it, and

@@ -7,6 +7,8 @@
     results = robustcnn.sweep(["runs/mnist-std", "runs/mnist-adv"], suite="quick", out="reports/mnist")
     robustcnn.sweep([robustcnn.Model(my_module, dataset="cifar10", normalize="imagenet")], out="reports/mine")
     robustcnn.report("reports/mnist")                   # report.html, summary.md, checks.json
+    robustcnn.compare("reports/last-week", "reports/mnist").frame()  # paired tests, row by matched row
+    robustcnn.export("reports/mnist", per_example=True) # per_example.csv: one row per model, attack, eps, example
 
 Imports are lazy so that `python -m robustcnn.report` never pays for torch.
 """
@@ -21,6 +23,8 @@ _LAZY = {
     "train": ("robustcnn.train", None),  # the package is callable: robustcnn.train(...)
     "sweep": ("robustcnn.sweep", None),  # robustcnn.sweep(models, suite=...) -> DataFrame
     "report": ("robustcnn.report", None),  # robustcnn.report(out_dir) -> path of report.html
+    "compare": ("robustcnn.compare", None),  # robustcnn.compare(old_dir, new_dir) -> Comparison (paired tests)
+    "export": ("robustcnn.export", None),  # robustcnn.export(out_dir, per_example=True) -> Exported (files written)
     "load_model": ("robustcnn.runs", "load_model"),
     "load_run": ("robustcnn.runs", "load_run"),
     "load_dataset": ("robustcnn.data", "load_dataset"),

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +140,11 @@ def command_line() -> str:
 
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}
+
+
+def suite_folders() -> list[Path]:
+    """Where suites live: the checkout's attacks/ folder first (so edits take effect), then the copy inside the
+    package (a wheel's robustcnn/suites). Here, not in the sweep, so readers of sweeps find them without torch."""
+    checkout = Path(__file__).resolve().parents[1] / "attacks"
+    packaged = Path(str(resources.files("robustcnn"))) / "suites"
+    return [folder for folder in (checkout, packaged) if folder.is_dir()]

@@ -39,6 +39,7 @@ MANIFEST_FILE = "manifest.json"
 CHECKS_FILE = "checks.json"
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
+COMPARISONS_FILE = "comparisons.csv"  # the report's paired comparisons of the sweep's models, every row compared
 
 COLUMNS = [
     "model",  # model id: the run directory name, the spec or the given name, unique within the sweep
@@ -206,7 +207,7 @@ ELSEWHERE_FIELDS = ("kind", "spec", "repeat_spec", "options", "weights_file", "w
                     "preprocessing", "was_training", "notes", "path", "sha256", "arch", "method", "trained_on",
                     "trained_against")  # fmt: skip
 ONNX_FIELDS = ("onnxruntime_max_difference",)  # what a model from an .onnx file adds
-SWEEP_FIELDS = ("preprocessing_label", "dataset", "threat_model", "class_names", "shape", "n", "grids")
+SWEEP_FIELDS = ("preprocessing_label", "dataset", "threat_model", "class_names", "shape", "n", "subset", "grids")
 BATCH_FIELDS = ("batch_size", "batch_choice", "batch_backoffs")  # written by sweeps that record their batches
 ADAPTIVE_FIELDS = ("draws", "adaptations")  # written by sweeps that judge random models and adapt attacks
 
@@ -256,6 +257,8 @@ class ModelEntry:
     class_names: tuple[str, ...] | None = None
     shape: tuple[int, ...] | None = None  # one image: (C, H, W)
     n: int | None = None  # test images attacked
+    subset: str = ""  # hash of their indices in the test split: models with the same dataset and subset saw the same
+    # images, so their per-example results pair up (compare); "" for sweeps made before it was recorded
     grids: dict[str, list[float]] = field(default_factory=dict)  # attack name -> its eps (or scales) grid
     headline: HeadlineEps | None = None  # which eps the headline reads; None for sweeps made before it was decided
     model_checks: tuple[Check, ...] | None = None  # the sweep's checks of the model; None until they ran
@@ -349,6 +352,7 @@ class ModelEntry:
             class_names=tuple(str(c) for c in names) if isinstance(names := data.get("class_names"), list) else None,
             shape=_shape(shape),
             n=_whole(data.get("n")),
+            subset=_text(data.get("subset")),
             grids=_optional(data.get("grids"), dict) or {},
             headline=HeadlineEps.from_entry(data),
             model_checks=_checks(checks, model) if isinstance(checks, list) else None,
@@ -540,6 +544,12 @@ def file_stem(name: str) -> str:
 def gallery_file(model: str) -> str:
     """The gallery of a model, relative to the sweep directory (the sweep writes it, the report reads it)."""
     return f"gallery/{file_stem(model)}.npz"
+
+
+def examples_file(model: str) -> str:
+    """Which test images a model was evaluated on, in the order of its cells' flags (index, label, and file name for
+    an image folder), relative to the sweep directory: the sweep writes it, export and compare read it."""
+    return f"examples/{file_stem(model)}.npz"
 
 
 def patch_file(model: str, attack: str) -> str:

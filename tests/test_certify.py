@@ -186,6 +186,7 @@ def _certified_share(run, eps: float, method: str = "ibp", count: int = 200) -> 
     return float(certified(model, test.images(), test.y, eps, Norm.LINF, method, 10).float().mean())
 
 
+@pytest.mark.slow  # 50 s (two trainings, crown on 25 images): make test-all; the bounds' soundness is tested here fast
 def test_ibp_training_certifies_what_standard_training_cannot(tmp_path):
     """Gowal et al.'s certified training on ibpcnn, a few epochs on 1024 images: many test images are proven
     robust at eps 0.05, where the same network trained normally has almost none; crown proves more than ibp."""

@@ -21,7 +21,7 @@ from robustcnn.results import RUN, Check, Manifest, ModelEntry, RowKind, Status
 from robustcnn.sweep.kinds import KINDS as ATTACK_KINDS
 
 OLD_SWEEP = Path(__file__).parent / "data" / "sweep-95e8f70"
-ADDED = {"method_traits"}  # model-entry fields this version writes that the old sweep did not (None for old runs)
+ADDED = {"method_traits", "subset"}  # model-entry fields this version writes that the old sweep did not
 ADDED_CHECKS = {"adaptive"}  # checks this version's report runs that the old one did not: they skip on the old sweep
 
 

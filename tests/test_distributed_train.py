@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,10 @@ def meta(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
+    """The shared two-process run, tracked in MLflow (robustcnn[mlflow], in the dev extra) beside it in `store`."""
     out = tmp_path_factory.mktemp("ddp") / "two"
-    done, _ = torchrun(*SMALL, *PGD, "--out", str(out))
+    track = ["--track", "mlflow", "--track-uri", str(out.parent / "store")] if find_spec("mlflow") else []
+    done, _ = torchrun(*SMALL, *PGD, "--out", str(out), *track)
     assert (out / "run.json").is_file(), done.stderr[-3000:]
     return done, out
 
@@ -75,6 +78,18 @@ def test_run_json_records_the_job_and_only_rank_0_speaks(two_processes):
     assert len(summaries) == 1, done.stdout
     assert done.stderr.count("epoch 1/2") == 1 and done.stderr.count("done: best epoch") == 1, done.stderr
     assert "(rank 1)" not in done.stderr
+
+
+def test_only_rank_0_tracks_the_job(two_processes, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    _, out = two_processes
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17+ reads a file store only when asked to
+    client = MlflowClient((out.parent / "store").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("robustcnn-train").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "val_pgd_acc")
+    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["val_pgd_acc"]) for r in meta(out)["metrics"]]
 
 
 def test_two_processes_train_what_one_does_with_the_same_global_batch(two_processes, tmp_path):

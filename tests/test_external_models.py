@@ -173,6 +173,7 @@ def test_tuple_and_dict_outputs_need_to_say_which_is_the_logits(user, tmp_path):
     pd.testing.assert_frame_equal(numbers(results, "plain"), numbers(results, "dict"))
 
 
+@pytest.mark.slow  # 26 s of subprocesses: make test-all; resuming is tested in-process in test_sweep.py
 def test_resume_reuses_cells_and_the_manifest_repeats_the_sweep(user, tmp_path):
     folder, _ = user
     spec = "nets.py:smallcnn@weights=smallcnn.safetensors@normalize=dataset"

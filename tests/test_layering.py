@@ -1,7 +1,7 @@
 """The arrows of the architecture, held by parsing imports (lazy ones inside functions included).
 
-The report reads results, never the machinery that made them: report/ and results.py import no torch and none of
-sweep, train, attacks or models, so the report renders fast and re-runs on old results. results.py, the contract
+The report reads results, never the machinery that made them: report/, compare/, export/, the cell file and the
+per-example outcomes, and results.py import no torch and none of sweep, train, attacks or models, so the report renders fast and re-runs on old results. results.py, the contract
 between sweep and report, imports nothing of robustcnn at all. The data layer is the first link of the chain: it
 imports none of the packages after it, and the parts of an image folder import one way (files, classes, listing,
 decode), so none of them reaches back to the package that puts them together.
@@ -16,7 +16,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "robustcnn"
 HEAVY = ("torch", "torchvision", "art", "robustcnn.sweep", "robustcnn.train", "robustcnn.attacks", "robustcnn.models")
-REPORT_SIDE = sorted((PACKAGE / "report").rglob("*.py")) + [PACKAGE / "results.py"]
+REPORT_SIDE = [
+    *sorted((PACKAGE / "report").rglob("*.py")),
+    *sorted((PACKAGE / "compare").rglob("*.py")),  # the report's paired comparisons, and compare OLD NEW
+    *sorted((PACKAGE / "export").rglob("*.py")),
+    PACKAGE / "outcomes.py",
+    PACKAGE / "cell_file.py",
+    PACKAGE / "results.py",
+]
 DATA_SIDE = sorted((PACKAGE / "data").rglob("*.py"))
 AFTER_DATA = tuple(f"robustcnn.{name}" for name in ("models", "train", "attacks", "sweep", "report", "results", "cli"))
 IMAGEFOLDER_PARTS = ("files", "classes", "listing", "decode")  # each imports only those before it

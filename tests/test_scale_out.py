@@ -147,6 +147,7 @@ def test_shards_finish_in_either_order_and_the_last_writes_the_whole_results(set
     assert (out / "report.html").is_file()  # written by the shard that finished last
 
 
+@pytest.mark.slow  # 17 s of processes: make test-all; the shards' assembly is tested in-process above
 def test_two_shard_processes_at_once_into_one_out_equal_one_process(setup, tmp_path):
     runs, suite, local = setup
     out = tmp_path / "together"

@@ -36,6 +36,7 @@ __all__ = [
     "Split",
     "dataset_info",
     "dataset_names",
+    "file_names",
     "load_dataset",
     "split_labels",
 ]
@@ -94,6 +95,22 @@ def load_dataset(
         return _load(base, split, options).subset(index)
     x, y = source.load_subset(split, options, index)
     return ImageSet(source.info(options), split, x, y)
+
+
+def file_names(
+    name: str,
+    split: str | Split = "test",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    folder: FolderOptions | None = None,
+    subset: Sequence[int] | np.ndarray | None = None,
+) -> list[str] | None:
+    """The file of each image (`subset`: positions in the split, in that order; default all), relative to the
+    split's folder, for data read from one file per image (an image folder); None for the others. No pixel is read.
+    """
+    base, options = _resolve(name, data_dir, download, folder)
+    index = None if subset is None else np.asarray(subset, dtype=np.int64).reshape(-1)
+    return DATASETS.get(base)().file_names(Split.parse(split), options, index)
 
 
 def split_labels(

@@ -245,6 +245,12 @@ class Source:
         index = torch.as_tensor(index, dtype=torch.long)
         return x[index], y[index]
 
+    def file_names(self, split: Split, options: DataOptions, index: np.ndarray | None) -> list[str] | None:
+        """The file of each image `index` (None: all) of a split, relative to the split's folder ("/"-separated),
+        so results per example can be joined with the user's own records; None for data stored as arrays (images
+        have no file of their own). Reads no pixels."""
+        return None
+
 
 DATASETS: Registry[type[Source]] = Registry("dataset")
 

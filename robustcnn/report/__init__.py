@@ -3,8 +3,8 @@
     robustcnn.report("reports/mnist")          # -> reports/mnist/report.html (+ summary.md, checks.json)
     python -m robustcnn.report reports/mnist
 
-Reads only results.csv, manifest.json, gallery/ and patches/ (see robustcnn.results): no torch, so it
-renders in about a second and re-runs on old results.
+Reads results.csv, manifest.json, gallery/, patches/, and for the paired comparisons cells/ and examples/ (see
+robustcnn.results): no torch, so it renders in about a second and re-runs on old results.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import pandas as pd
 from robustcnn.errors import UsageError
 from robustcnn.fileio import write_json, write_text
 from robustcnn.report.checks import Check, Status, run_checks
+from robustcnn.report.comparisons import comparisons
 from robustcnn.report.load import SweepData, as_manifest, load_sweep, model_entries, normalize_results
 from robustcnn.report.render import checks_json, render_html, render_markdown
 from robustcnn.report.tables import headline, text_table
-from robustcnn.results import CHECKS_FILE, REPORT_FILE, SUMMARY_FILE, Manifest
+from robustcnn.results import CHECKS_FILE, COMPARISONS_FILE, REPORT_FILE, SUMMARY_FILE, Manifest
 
 __all__ = ["Check", "Status", "Written", "report", "summary_table", "write_report"]
 
@@ -32,26 +33,30 @@ class Written:
     checks: list[Check]  # every sanity check, as in checks.json
 
 
-def report(out_dir: str | Path) -> Path:
-    """Writes report.html, summary.md and checks.json into the sweep directory; returns report.html's path.
+def report(out_dir: str | Path, baseline: str | None = None) -> Path:
+    """Writes report.html, summary.md, checks.json and comparisons.csv into the sweep directory; returns
+    report.html's path. `baseline`: compare each model with this one (default: every pair of models).
 
     Everything is read, checked and rendered before the first file is written, so bad input (a missing
     results.csv, a broken manifest.json) raises UsageError and leaves earlier reports untouched.
     """
-    return write_report(out_dir).path
+    return write_report(out_dir, baseline).path
 
 
-def write_report(out_dir: str | Path) -> Written:
+def write_report(out_dir: str | Path, baseline: str | None = None) -> Written:
     """`report`, also returning the terminal table and the checks (what the CLI prints)."""
     data = load_sweep(out_dir)
     table = headline(data.results, data.models, data.manifest)
     found = run_checks(data.results, data.models)
-    html = render_html(data, table, found)
-    markdown = render_markdown(data, table, found)
+    compared = comparisons(data, baseline)
+    html = render_html(data, table, found, compared)
+    markdown = render_markdown(data, table, found, compared)
     try:
         write_text(data.out_dir / REPORT_FILE, html)
         write_text(data.out_dir / SUMMARY_FILE, markdown)
         write_json(data.out_dir / CHECKS_FILE, checks_json(found))
+        if compared.compared:
+            write_text(data.out_dir / COMPARISONS_FILE, compared.frame().to_csv(index=False))
     except OSError as error:
         raise UsageError(f"cannot write the report into {data.out_dir}: {error.strerror or error}") from None
     return Written(data.out_dir / REPORT_FILE, text_table(table) + _unfinished(data.manifest), found)

@@ -16,6 +16,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="Example: python -m robustcnn.report reports/mnist && xdg-open reports/mnist/report.html",
     )
     p.add_argument("out_dir", metavar="SWEEP_DIR", help="the --out directory of a sweep (holds results.csv)")
+    p.add_argument(
+        "--baseline", metavar="MODEL", help="compare each model with this one (default: every pair of models)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="list every check, not only warnings and failures")
     return p
 
@@ -24,7 +27,7 @@ def main(argv: list[str]) -> int:
     from robustcnn.report import write_report
 
     args = parser().parse_args(argv)
-    show(write_report(args.out_dir), args.verbose)
+    show(write_report(args.out_dir, args.baseline), args.verbose)
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from robustcnn.report import images
 from robustcnn.report.adaptive import NOT_ADAPTIVE, Evaluation, evaluations
 from robustcnn.report.bracket import bracket
 from robustcnn.report.checks import DOCS, Check, Status, counts, titles
+from robustcnn.report.comparisons import Comparisons
 from robustcnn.report.format import format_eps, markdown_escape, pct
 from robustcnn.report.load import SweepData, reference_eps
 from robustcnn.report.matrix import MARKS, check_matrix
@@ -46,13 +47,14 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render_html(data: SweepData, table: Headline, checks: list[Check]) -> str:
-    return environment().get_template("report.html.j2").render(**context(data, table, checks))
+def render_html(data: SweepData, table: Headline, checks: list[Check], compared: Comparisons) -> str:
+    return environment().get_template("report.html.j2").render(**context(data, table, checks, compared))
 
 
-def context(data: SweepData, table: Headline, checks: list[Check]) -> dict[str, Any]:
+def context(data: SweepData, table: Headline, checks: list[Check], compared: Comparisons) -> dict[str, Any]:
     styles = model_styles(data.model_ids)
     return {
+        "comparisons": compared,
         "suite": suite_name(data),
         "suite_description": _suite_field(data, "description") or "",
         "cascade": bool(_suite_field(data, "cascade")),
@@ -390,7 +392,7 @@ def checks_json(checks: list[Check]) -> dict[str, Any]:
     return {"format": CHECKS_FORMAT, "counts": counts(checks), "checks": [c.to_dict() for c in checks]}
 
 
-def render_markdown(data: SweepData, table: Headline, checks: list[Check]) -> str:
+def render_markdown(data: SweepData, table: Headline, checks: list[Check], compared: Comparisons) -> str:
     """summary.md: the headline table and the checks that did not pass, ready to paste into a PR."""
     tally = counts(checks)
     lines = [
@@ -413,9 +415,37 @@ def render_markdown(data: SweepData, table: Headline, checks: list[Check]) -> st
             model = f" ({markdown_escape(check.model)})" if check.model else ""
             name, message = markdown_escape(check.name), markdown_escape(check.message)
             lines.append(f"- **{check.status.value.upper()}** {name}{model}: {message}")
-    adaptive = _adaptive_markdown(adaptive_section(data))
-    lines += ([""] if adaptive and lines[-1] else []) + adaptive
+    for section in (_comparisons_markdown(compared), _adaptive_markdown(adaptive_section(data))):
+        lines += ([""] if section and lines[-1] else []) + section
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _comparisons_markdown(compared: Comparisons) -> list[str]:
+    """summary.md's paired comparisons: one table per pair, at the headline eps."""
+    if not compared.compared:
+        return []
+    lines = [
+        "### Paired comparisons",
+        "",
+        "Difference later - earlier in points [95% paired interval], McNemar exact p Holm-adjusted per pair; "
+        f"significant at {compared.alpha:g} after adjustment, otherwise it may be noise."
+        + (f" {markdown_escape(compared.note)}." if compared.note else ""),
+    ]
+    for pair in compared.pairs:
+        old, new = markdown_escape(pair.old), markdown_escape(pair.new)
+        lines += ["", f"**{new} vs {old}**", ""]
+        if not pair.rows:
+            lines.append(f"Not compared: {markdown_escape(pair.note)}")
+            continue
+        lines += [f"| row | {old} | {new} | difference | p (Holm) | significant |", "|---|---:|---:|---:|---:|---|"]
+        for row in pair.rows:
+            r = row.result
+            verdict = "yes" if row.significant(compared.alpha) else "no"
+            lines.append(
+                f"| {markdown_escape(row.key.label)} | {r.old_accuracy:.1%} | {r.new_accuracy:.1%} | "
+                f"{100 * r.difference:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}] | {row.p_holm:.2g} | {verdict} |"
+            )
+    return lines
 
 
 def _adaptive_markdown(found: list[Evaluation]) -> list[str]:

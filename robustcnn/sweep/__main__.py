@@ -92,12 +92,14 @@ def main(argv: list[str]) -> int:
     if flags.get("weights") in ("best", "last"):
         given["weights"] = flags.pop("weights")
     with_report = given.pop("report", True)
+    tracking = _tracking(given)
     out = given.get("out", SweepConfig.out)
     models = models_from_command_line(args.models, flags)
     try:
         sweep(models, **given, report=False)  # the report is written here so its summary can be printed
     except GateFailed:
-        _summarise(out, with_report)
+        _summarise(out, with_report, given.get("baseline"))
+        _log(tracking, out)
         raise
     except KeyboardInterrupt:
         print(
@@ -105,11 +107,33 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    _summarise(out, with_report)
+    _summarise(out, with_report, given.get("baseline"))
+    _log(tracking, out)
     return EXIT_OK
 
 
-def _summarise(out: str, with_report: bool) -> None:
+def _tracking(given: dict):
+    """--track and --track-uri, taken out of what the sweep gets: like the report, the tracker is this command's, so
+    that it logs report.html too. Built before the sweep: a missing library is one line before any attack."""
+    from robustcnn.sweep.config import TRACK_OPTIONS, SweepConfig
+
+    options = SweepConfig.from_dict({name: given.pop(name) for name in TRACK_OPTIONS if name in given})
+    if options.track is None:
+        return None
+    from robustcnn.tracking.sweeps import SweepTracking
+
+    return SweepTracking.connect(options.track, options.track_uri)
+
+
+def _log(tracking, out: str) -> None:
+    """After the report: each model's run gets report.html too."""
+    if tracking is not None:
+        from pathlib import Path
+
+        tracking.log(Path(out))
+
+
+def _summarise(out: str, with_report: bool, baseline: str | None) -> None:
     """The report (when wanted) and the headline table with the checks, in the terminal."""
     import json
     from pathlib import Path
@@ -124,7 +148,7 @@ def _summarise(out: str, with_report: bool) -> None:
         return
 
     if with_report:
-        show(write_report(out))
+        show(write_report(out, baseline))
     else:
         print(summary_table(out))
 

@@ -121,11 +121,20 @@ def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> p
 
         require_ray()
     subjects = load_subjects(list(models), config, suite.n, device, suite.draws)
+    _check_baseline(config.baseline, subjects)
     grids = plan_grids(subjects, suite)
     check_gates_cover(gates, _gate_targets(grids, suite))
     check_out(Path(config.out))  # last of the checks: a bad model or suite is named first, whatever --out holds
+    tracking = _tracking(config)  # after the read-only checks: it may make ./mlruns
     with _cluster(config):
-        return _run(config, suite, subjects, grids, gates, device)
+        return _run(config, suite, subjects, grids, gates, device, tracking)
+
+
+def _check_baseline(baseline: str | None, subjects) -> None:
+    """--baseline names a model of this sweep: said before any attack, not when the report is written."""
+    names = [subject.id for subject in subjects]
+    if baseline is not None and baseline not in names:
+        raise UsageError(f"--baseline {baseline!r} is not a model of this sweep; choose one of: {', '.join(names)}")
 
 
 def _cluster(config: SweepConfig):
@@ -137,7 +146,16 @@ def _cluster(config: SweepConfig):
     return ray_session(config)
 
 
-def _run(config: SweepConfig, suite, subjects, grids, gates, device) -> pd.DataFrame:
+def _tracking(config: SweepConfig):
+    """--track's tracker, built (and its library imported) before any attack runs; None without --track."""
+    if config.track is None:
+        return None
+    from robustcnn.tracking.sweeps import SweepTracking
+
+    return SweepTracking.connect(config.track, config.track_uri)
+
+
+def _run(config: SweepConfig, suite, subjects, grids, gates, device, tracking) -> pd.DataFrame:
     out = prepare_out(Path(config.out))  # after every check: a refused model or suite leaves --out untouched
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()
@@ -150,7 +168,9 @@ def _run(config: SweepConfig, suite, subjects, grids, gates, device) -> pd.DataF
         say(f"{out}: this shard's cells are done; the results are complete once every shard has finished")
         return results
     if config.report:
-        _write_report(out)
+        _write_report(out, config.baseline)
+    if tracking is not None:  # after every file it copies; before the gates, which fail the sweep
+        tracking.log(out)
     failures = failed_gates(results, gates)
     if failures:
         raise GateFailed("gate not met: " + "; ".join(failures))
@@ -169,10 +189,10 @@ def _gate_targets(grids: dict[str, dict[str, tuple[float, ...]]], suite) -> dict
     return targets
 
 
-def _write_report(out: Path) -> None:
+def _write_report(out: Path, baseline: str | None) -> None:
     try:
         from robustcnn.report import report
     except ImportError:  # the report package is optional for the sweep to work
         return
-    path = report(out)
+    path = report(out, baseline)
     say(f"report: {path if path else out / REPORT_FILE}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from robustcnn.config import BOOL, COUNT, INT, from_mapping, non_negative_float, option
 from robustcnn.data.base import FolderOptions, Interpolation
 from robustcnn.errors import UsageError
+from robustcnn.tracking import check_sweep_track, parse_track, parse_uri
 
 
 def _weights(value: object) -> str:
@@ -101,6 +102,9 @@ class SweepConfig:
         50, "examples each white-box attack attacks afresh at every eps, for the report's checks (0: none)", COUNT
     )
     report: bool = option(True, "write report.html when done", BOOL, flag=False)
+    baseline: str | None = option(
+        None, "MODEL: the report compares each model with this one (default: every pair of models)"
+    )
     fail_under: tuple[str, ...] = option((), "gates ATTACK@EPS=ACC", flag=False)
     ray: str | None = option(
         None, "run the attack chains as Ray tasks: auto (a running cluster), ADDRESS, or local (a cluster here)",
@@ -111,6 +115,15 @@ class SweepConfig:
         0.0, "with --ray: GPUs per task; fractions share a GPU, e.g. 0.25", non_negative_float
     )
     shard: str | None = option(None, "I/N: run only share I (0..N-1) of the cells into a shared --out", _shard)
+    track: str | None = option(
+        None,
+        "when done, log a run per model (suite and attack parameters, headline accuracies, results.csv, report.html, "
+        "manifest.json) to mlflow (pip install 'robustcnn[mlflow]'); none: off",
+        parse_track,
+    )
+    track_uri: str | None = option(
+        None, "with --track mlflow: a tracking server (http://host:5000) or a folder; default ./mlruns", parse_uri
+    )
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "") -> SweepConfig:
@@ -121,6 +134,7 @@ class SweepConfig:
             raise UsageError(f"--cpus-per-task {config.cpus_per_task} must be 1 or more")
         if not config.ray and (config.gpus_per_task or config.cpus_per_task != 1):
             raise UsageError("--cpus-per-task and --gpus-per-task apply to --ray only")
+        _check_track(config)
         if config.ray and config.device.strip().lower().startswith("cuda") and not config.gpus_per_task:
             raise UsageError(
                 f"--device {config.device} with --ray needs --gpus-per-task (e.g. 1, or 0.25 for four tasks per GPU): "
@@ -141,3 +155,14 @@ class SweepConfig:
     def shard_part(self) -> tuple[int, int] | None:
         """--shard I/N as (I, N), or None: parsed by the one rule that checked it."""
         return parse_shard(self.shard)
+
+
+# Where the results are copied once written, never what they are: kept out of the repeat command.
+TRACK_OPTIONS = ("track", "track_uri")
+
+
+def _check_track(config: SweepConfig) -> None:
+    if config.track_uri and not config.track:
+        raise UsageError(f"--track-uri {config.track_uri} applies with --track only")
+    if config.track:
+        check_sweep_track(config.track)

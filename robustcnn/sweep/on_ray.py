@@ -45,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays  # returns bytes; writes no file
 
+from robustcnn.cell_file import NUMBERS, BadCell, Cell, Expected
 from robustcnn.console import say
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError, last_line
@@ -52,7 +53,7 @@ from robustcnn.fileio import library_versions
 from robustcnn.results import RowKind
 from robustcnn.sweep.chains import Chain, ChainRunner, Done
 from robustcnn.sweep.config import SweepConfig
-from robustcnn.sweep.store import NUMBERS, BadCell, Cell, Expected, MemoryStore
+from robustcnn.sweep.store import MemoryStore
 from robustcnn.sweep.subjects import Judging, Subject, attack_target, for_attacks
 from robustcnn.sweep.suite import AttackSpec, Suite
 

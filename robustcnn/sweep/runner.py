@@ -28,7 +28,7 @@ import pandas as pd
 
 from robustcnn.console import progress, say
 from robustcnn.errors import UsageError, last_line
-from robustcnn.fileio import command_line, git_sha, library_versions, machine, write_json, write_text
+from robustcnn.fileio import atomic_path, command_line, git_sha, library_versions, machine, write_json, write_text
 from robustcnn.results import (
     COLUMNS,
     EPS_TOLERANCE,
@@ -40,13 +40,14 @@ from robustcnn.results import (
     RowKind,
     Status,
     chance_level,
+    examples_file,
     gallery_file,
     results_csv,
     wilson_interval,
 )
 from robustcnn.sweep import cells
 from robustcnn.sweep.chains import Chain, ChainRunner, Done, seed_all
-from robustcnn.sweep.config import SweepConfig
+from robustcnn.sweep.config import TRACK_OPTIONS, SweepConfig
 from robustcnn.sweep.store import CellStore
 from robustcnn.sweep.subjects import Subject
 from robustcnn.sweep.suite import AttackSpec, Suite
@@ -275,8 +276,6 @@ class Sweep(ChainRunner):
             "attack": np.array(spec.name),
             "eps": np.array(float(eps)),
         }
-        from robustcnn.fileio import atomic_path
-
         path = self.out / gallery_file(subject.id)
         path.parent.mkdir(exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -330,6 +329,7 @@ class Sweep(ChainRunner):
             class_names=tuple(subject.info.class_names),
             shape=tuple(subject.info.shape),
             n=len(subject.subset),
+            subset=subject.subset_hash,
             grids={name: list(grid) for name, grid in self.grids[subject.id].items()},
             headline=self.headline[subject.id],
             batch_size=subject.target.batch_size,
@@ -360,6 +360,8 @@ class Sweep(ChainRunner):
 
     def write_manifest_start(self) -> None:
         write_json(self.out / MANIFEST_FILE, self.manifest.to_json())
+        for subject in self.subjects:
+            write_examples(self.out, subject)
 
 
 PROGRESS_SECONDS = 5.0  # results.csv is rewritten at most this often while a sweep runs ...
@@ -400,8 +402,8 @@ def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
     for option in dataclasses.fields(SweepConfig):
         value = getattr(config, option.name)
         flag = "--" + option.name.replace("_", "-")
-        if option.name in ("weights", *WHERE_OPTIONS) or value == option.default:
-            continue  # each run directory's spec says its weights; where cells ran does not change them
+        if option.name in ("weights", *WHERE_OPTIONS, *TRACK_OPTIONS) or value == option.default:
+            continue  # each run directory's spec says its weights; where cells ran or are logged does not change them
         if option.name == "report":
             words.append("--no-report")
         elif option.name == "fail_under":
@@ -409,6 +411,21 @@ def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
         else:
             words += [flag] if value is True else [flag, str(value)]
     return shlex.join(words)
+
+
+def write_examples(out: Path, subject: Subject) -> None:
+    """The model's test images in the order of its cells' flags: what per-example results refer to. An image
+    folder's also name their files, so the export can be joined with the user's own records of them."""
+    from robustcnn.data import file_names
+
+    arrays = {"index": subject.subset.astype(np.int64), "label": subject.data.y.numpy().astype(np.int64)}
+    names = file_names(subject.info.name, "test", folder=subject.info.folder, subset=subject.subset)  # no decoding
+    if names is not None:
+        arrays["name"] = np.array(names, dtype=np.str_).reshape(-1)  # (n,) unicode, never an object array
+    path = out / examples_file(subject.id)
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _hint_if_chance(subject: Subject, correct: np.ndarray) -> None:

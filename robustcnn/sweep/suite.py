@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import tomllib
 from robustcnn.attacks import ATTACKS
 from robustcnn.data import DatasetInfo
 from robustcnn.errors import UsageError
+from robustcnn.fileio import suite_folders
 from robustcnn.results import Adaptation
 from robustcnn.sweep.kinds import KINDS, Kind
 from robustcnn.threat import Norm, check_eps, parse_eps
@@ -141,13 +141,6 @@ class Suite:
             "draws": self.draws,
             "text": self.text,
         }
-
-
-def suite_folders() -> list[Path]:
-    """The checkout's attacks/ folder first (so edits take effect), then the copy inside the package."""
-    checkout = Path(__file__).resolve().parents[2] / "attacks"
-    packaged = Path(str(resources.files("robustcnn"))) / "suites"
-    return [folder for folder in (checkout, packaged) if folder.is_dir()]
 
 
 def suite_names() -> list[str]:

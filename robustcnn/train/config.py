@@ -13,6 +13,7 @@ from robustcnn.errors import UsageError
 from robustcnn.method_traits import STANDARD, MethodTraits
 from robustcnn.registry import Registry
 from robustcnn.threat import Norm, check_eps, parse_eps
+from robustcnn.tracking import parse_track, parse_uri
 
 # Training methods by name: "standard" and each AdvMethod. robustcnn/train/methods.py registers the classes; each
 # declares its `traits` (MethodTraits), which pick the defaults below and go into run.json.
@@ -105,6 +106,18 @@ class TrainConfig:
     data_dir: str | None = option(None, "where downloadable datasets live; default ~/.cache/robustcnn/data")
     download: bool = option(False, "download the dataset if its files are missing (needs internet)", BOOL)
     overwrite: bool = option(False, "replace an existing run directory", BOOL)
+    track: str | None = option(
+        None,
+        "copy the config, each epoch's metrics and run.json to a tracker: mlflow (pip install 'robustcnn[mlflow]') "
+        "or tensorboard (curves; 'robustcnn[tensorboard]'); none: off, e.g. on --resume",
+        parse_track,
+    )
+    track_uri: str | None = option(
+        None,
+        "mlflow: a tracking server (http://host:5000) or a folder, default ./mlruns; tensorboard: a folder that gets "
+        "a subfolder per run, default RUN_DIR/tensorboard",
+        parse_uri,
+    )
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "") -> TrainConfig:
@@ -124,8 +137,9 @@ def method_traits(name: str) -> MethodTraits:
     return METHODS.get(name).traits
 
 
-# Run options: they change where and how fast a run goes, not what it computes, so resume may change them.
-RUN_OPTIONS = ("out", "device", "amp", "data_dir", "download", "overwrite")
+# Run options: they change where and how fast a run goes (and where its numbers are copied), not what it computes,
+# so resume may change them.
+RUN_OPTIONS = ("out", "device", "amp", "data_dir", "download", "overwrite", "track", "track_uri")
 
 
 def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
@@ -168,4 +182,6 @@ def resolve(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
         pick["attack_lr"] = traits.attack_lr(pick["eps"], pick["attack_steps"])
     if pick["eps_warmup"] >= pick["epochs"] and pick["adv"]:
         raise UsageError(f"--eps-warmup {pick['eps_warmup']} must be below --epochs {pick['epochs']}")
+    if pick["track_uri"] and not pick["track"]:
+        raise UsageError(f"--track-uri {pick['track_uri']} applies with --track only (mlflow or tensorboard)")
     return TrainConfig(**pick)

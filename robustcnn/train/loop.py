@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from robustcnn.devices import fast_layout, resolve_device
 from robustcnn.errors import RunFailed, UsageError
 from robustcnn.fileio import command_line, git_sha, library_versions, machine, remove_stale_temps
 from robustcnn.models import ModelConfig, Normalized, create_model
-from robustcnn.runs import FORMAT, STATE_FILE, Run, load_run
+from robustcnn.runs import FORMAT, METRICS_FILE, RUN_FILE, STATE_FILE, Run, load_run
+from robustcnn.tracking import Outcome
+from robustcnn.tracking.training import TrainingLog, require
 from robustcnn.train import checkpoint, distributed
 from robustcnn.train.checkpoint import Progress
 from robustcnn.train.config import RUN_OPTIONS, AdvMethod, Amp, Optimizer, TrainConfig, resolve
@@ -47,6 +49,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         config = TrainConfig.from_dict(overrides) if config is None else config.replace(**overrides)
     info = dataset_info(config.dataset, config.data_dir, config.download)
     config = resolve(config, info)
+    require(config.track)  # a tracker's library that is not installed: one line before any work
     model_config = ModelConfig.for_dataset(config.arch, info)
     model = create_model(model_config)  # fails fast on an unknown arch or an image size it cannot take
     with distributed.session(resolve_device(config.device)) as group:
@@ -76,7 +79,10 @@ def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, Trai
             f"configuration (only {flags} may); start a new run with --out instead"
         )
     config = TrainConfig.from_dict(meta["config"], where=f"{run_dir}/run.json: ")
-    return run_dir, _apply(config, {k: v for k, v in overrides.items() if k in changeable})
+    changes = {k: v for k, v in overrides.items() if k in changeable}
+    if "track" in changes:
+        changes.setdefault("track_uri", None)  # the saved --track-uri belonged to the saved --track
+    return run_dir, _apply(config, changes)
 
 
 def _apply(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
@@ -139,6 +145,7 @@ class _Trainer:
     device: torch.device
     run_dir: Path
     group: Group  # the processes training together: one without torchrun
+    log: TrainingLog = field(default_factory=TrainingLog)  # --track: rank 0's tracker, else a no-op
 
     def run(self, resumed: bool) -> Run:
         config = self.config
@@ -160,6 +167,8 @@ class _Trainer:
         self.method = build_method(self.model, config, self.info, self.device, train_model)
         self.validator = Validator(self.model, val_set, config, self.device, self.method, self.group)
         self.meta = self._meta(resumed)
+        if config.track is not None:  # rank 0 tracks for the job; one that cannot start stops every rank here
+            self.group.on_main(self._open_log, progress_state)
         self._write(progress_state, "running", "")
         start = progress_state.epochs_done
         say(
@@ -178,11 +187,21 @@ class _Trainer:
                 "interrupted",
                 f"interrupted; resume with: {distributed.launch_command()} --resume {self.run_dir}",
             )
+            self._close_log(Outcome.KILLED)
             raise
         except RunFailed as error:
             self._write(progress_state, "failed", str(error))
+            self._close_log(Outcome.FAILED)
             raise
         return self._final(progress_state)
+
+    def _open_log(self, state: Progress) -> None:
+        """--track's tracked run, starting with the epochs a resumed run already has."""
+        self.log = TrainingLog.connect(self.config.track, self.config.track_uri, self.run_dir, self.meta, state.history)
+
+    def _close_log(self, outcome: Outcome) -> None:
+        """After run.json's last write: the tracker copies it and metrics.csv."""
+        self.log.finish(outcome, [self.run_dir / RUN_FILE, self.run_dir / METRICS_FILE], self.meta)
 
     def _where(self) -> str:
         if not self.group.active:
@@ -325,6 +344,7 @@ class _Trainer:
             checkpoint.save_state(self.run_dir, self.model, self.optimizer, state)
             checkpoint.write_metrics(self.run_dir, state.history)
         self._write(state, "running", "")
+        self.log.epoch(row)
         say(
             f"epoch {epoch}/{self.config.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.3f}  "
             f"val_acc {row['val_acc']:.3f}  val_fgsm {row['val_fgsm_acc']:.3f}  val_pgd {row['val_pgd_acc']:.3f}  "
@@ -407,6 +427,7 @@ class _Trainer:
         self.meta["final"] = final
         status, message = self._outcome(state)
         self._write(state, status, message)
+        self._close_log(Outcome.FINISHED)
         robust = f", val PGD-10 accuracy {final['val_pgd_acc']:.4f}" if self.config.adv else ""
         if "val_noise_acc" in final:
             robust += f", val accuracy under its noise {final['val_noise_acc']:.4f}"

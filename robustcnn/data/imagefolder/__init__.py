@@ -121,6 +121,11 @@ class ImageFolderSource(Source):
         files = [listing.files[i] for i in index]
         return decode_files(files, folder), torch.tensor([listing.labels[i] for i in index], dtype=torch.long)
 
+    def file_names(self, split: Split, options: DataOptions, index: np.ndarray | None) -> list[str]:
+        listing = _folder(_root(options), options.folder).listing(split)  # cached: indexed once per sweep
+        files = listing.files if index is None else [listing.files[i] for i in index]
+        return [path.relative_to(listing.folder).as_posix() for path in files]  # as --subset names them
+
 
 @lru_cache(maxsize=4)
 def _info(root: Path, options: FolderOptions) -> DatasetInfo:
