@@ -1,8 +1,9 @@
 """The arrows of the architecture, held by parsing imports (lazy ones inside functions included).
 
 The report reads results, never the machinery that made them: report/, compare/, export/, the cell file and the
-per-example outcomes, and results.py import no torch and none of sweep, train, attacks or models, so the report renders fast and re-runs on old results. results.py, the contract
-between sweep and report, imports nothing of robustcnn at all. The data layer is the first link of the chain: it
+per-example outcomes, and results.py import no torch and none of sweep, train, attacks or models, so the report
+renders fast and re-runs on old results. results.py, the contract between sweep and report, imports nothing of
+robustcnn at all. The data layer is the first link of the chain: it
 imports none of the packages after it, and the parts of an image folder import one way (files, classes, listing,
 decode), so none of them reaches back to the package that puts them together.
 """

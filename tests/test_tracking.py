@@ -146,7 +146,7 @@ def test_sweep_logs_a_run_per_model_with_the_numbers_of_results_csv(tracked, rea
         assert run.data.tags["robustcnn.model_sha256"] == entry["sha256"]
         assert run.data.tags["robustcnn.sweep_dir"] == str(out.resolve())
         artifacts = {a.path for a in client(store).list_artifacts(run.info.run_id)}
-        assert {"results.csv", "manifest.json", "report.html", "summary.md"} <= artifacts
+        assert {"results.csv", "manifest.json", "report.html", "summary.md", "comparisons.csv"} <= artifacts
 
 
 def test_the_python_api_tracks_after_its_report(tracked, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from robustcnn.report.load import SweepData, load_sweep
 from robustcnn.report.tables import Cell, Column, headline
 from robustcnn.results import (
     CHECKS_FILE,
+    COMPARISONS_FILE,
     MANIFEST_FILE,
     REPORT_FILE,
     RESULTS_FILE,
@@ -38,7 +39,8 @@ from robustcnn.tracking.base import (
     param_text,
 )
 
-ARTIFACTS = (RESULTS_FILE, MANIFEST_FILE, REPORT_FILE, SUMMARY_FILE, CHECKS_FILE)  # each model's run gets those there
+# each model's run gets those there
+ARTIFACTS = (RESULTS_FILE, MANIFEST_FILE, REPORT_FILE, SUMMARY_FILE, CHECKS_FILE, COMPARISONS_FILE)
 DESCRIBED = tuple(kind.value for kind in RowKind if kind not in (RowKind.CLEAN, RowKind.PROBE))  # rows with params
 
 
