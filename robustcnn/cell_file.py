@@ -5,6 +5,7 @@ writes them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ import numpy as np
 from robustcnn.results import EPS_TOLERANCE
 
 CELLS = "cells"  # the sweep directory's folder of cells
+
+
+def subset_hash(index: np.ndarray) -> str:
+    """The hash that names a subset of a test split: part of every cell's key, and the manifest's `subset`."""
+    return hashlib.sha256(np.asarray(index).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
 NUMBERS = ("eps", "scale", "n", "n_correct", "target_success", "seconds")  # what a cell keeps per row

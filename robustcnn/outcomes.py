@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from robustcnn.cell_file import CELLS, BadCell, Cell, read_cell
+from robustcnn.cell_file import CELLS, BadCell, Cell, read_cell, subset_hash
 from robustcnn.errors import UsageError
 from robustcnn.report.load import SweepData
 from robustcnn.results import EPS_TOLERANCE, RowKind, examples_file
@@ -143,6 +143,8 @@ def read_examples(data: SweepData, model: str) -> ExampleSet:
     if not path.is_file():
         return ExampleSet(dataset, entry.subset, n)
     arrays = _read_arrays(path, n)
+    if entry.subset and subset_hash(arrays["index"]) != entry.subset:
+        raise UsageError(f"{path} lists other images than manifest.json's subset {entry.subset}; re-run the sweep")
     return ExampleSet(dataset, entry.subset, n, arrays["index"], arrays["label"], arrays.get("name"))
 
 

@@ -195,3 +195,22 @@ def test_the_report_compares_each_model_with_a_baseline(sweeps, capsys):
     table = pd.read_csv(folder / "comparisons.csv")
     assert set(zip(table.old_model, table.new_model, strict=True)) == {("adv", "std")}
     assert (table[table.attack == "worst-case"].difference < 0).all()
+
+
+def test_a_baseline_that_is_not_a_model_stops_the_sweep_before_any_work(tiny_runs, tmp_path):
+    from robustcnn.errors import UsageError
+
+    with pytest.raises(UsageError, match="--baseline 'nope' is not a model of this sweep; choose one of: std"):
+        robustcnn.sweep([str(tiny_runs[0].path)], suite="quick", n=10, baseline="nope", out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_examples_file_that_names_other_images_is_refused(sweeps, tmp_path, capsys):
+    copy = shutil.copytree(sweeps / "other", tmp_path / "swapped")
+    examples = next((copy / "examples").glob("*.npz"))
+    with np.load(examples) as held:
+        arrays = {name: held[name] for name in held.files}
+    arrays["index"] = arrays["index"][::-1].copy()  # the same images in another order: flags would pair wrongly
+    np.savez_compressed(examples, **arrays)
+    assert run_main(compare_main, [str(sweeps / "other"), str(copy)]) == 2
+    assert "lists other images than manifest.json's subset" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from torch import nn
 from robustcnn.attacks import Target
 from robustcnn.attacks.art import art_classifier
 from robustcnn.attacks.base import Findings
+from robustcnn.cell_file import subset_hash
 from robustcnn.console import say
 from robustcnn.data import DatasetInfo, FolderOptions, ImageSet, dataset_info, load_dataset, split_labels
 from robustcnn.devices import fast_layout
@@ -74,7 +75,7 @@ class Subject:
 
     @property
     def subset_hash(self) -> str:
-        return hashlib.sha256(self.subset.astype(np.int64).tobytes()).hexdigest()[:16]
+        return subset_hash(self.subset)
 
 
 def default_batch_size(device: torch.device) -> int:
