@@ -7,7 +7,6 @@ is compared. Paired comparisons (compare) and the per-example export read these.
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 from robustcnn.cell_file import CELLS, BadCell, Cell, read_cell, subset_hash
 from robustcnn.errors import UsageError
 from robustcnn.report.load import SweepData
-from robustcnn.results import EPS_TOLERANCE, RowKind, examples_file
+from robustcnn.results import EPS_TOLERANCE, RowKind, examples_file, params_object
 
 PER_EXAMPLE_KINDS = (RowKind.CLEAN, RowKind.ATTACK, RowKind.WORST_CASE, RowKind.CERTIFIED, RowKind.SMOOTHED)
 # probe rows are left out: the first few examples attacked afresh for the checks, not results
@@ -103,10 +102,7 @@ class Outcomes:
 
     def _worst_case(self, record) -> np.ndarray:
         """Correct clean and under each attack the row lists, of its norm, at every eps up to its own."""
-        try:
-            attacks = json.loads(record["params"]).get("attacks")
-        except (ValueError, AttributeError):
-            attacks = None
+        attacks = params_object(record["params"]).get("attacks")
         if not isinstance(attacks, list):
             raise UsageError(f"{self.data.out_dir}: a worst-case row of {self.model} does not list its attacks")
         clean = [row for row, r in self.records.items() if r["kind"] == RowKind.CLEAN.value]

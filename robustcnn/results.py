@@ -24,6 +24,7 @@ Numbers are never touched, so -0.5 stays a number.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import shlex
@@ -565,6 +566,15 @@ def csv_text(value: str) -> str:
     """A text cell as results.csv holds it: one a spreadsheet would run gets a leading ' (shown as text). A value
     already starting with ' before such a character gets one more, so `csv_value` gives back exactly `value`."""
     return "'" + value if value.lstrip("'").startswith(FORMULA_START) else value
+
+
+def params_object(text: str) -> dict[str, Any]:
+    """results.csv's params cell as the object the sweep wrote; {} for one edited into anything else."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def csv_value(text: str) -> str:

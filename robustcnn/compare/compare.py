@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustcnn.compare.pairs import ComparedRow, Unmatched, compare_pair, require_model, side
+from robustcnn.compare.pairs import ComparedRow, Unmatched, compare_pair, side
 from robustcnn.errors import UsageError
 from robustcnn.report.load import SweepData, load_sweep
 from robustcnn.results import RowKind
@@ -101,10 +101,7 @@ def compare(
 def _model_pairs(old: SweepData, new: SweepData, models, unmatched: list[Unmatched]) -> list[tuple[str, str]]:
     """The given pair, else every model id in both sweeps (the others listed as unmatched)."""
     if models is not None:
-        old_model, new_model = models
-        require_model(old, old_model)
-        require_model(new, new_model)
-        return [(old_model, new_model)]
+        return [tuple(models)]  # a model a sweep lacks is named when its results are read
     unmatched += [
         Unmatched(m, None, "all rows", "model not in the new sweep") for m in old.models if m not in new.models
     ]

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from robustcnn.compare.paired import PairedDifference, holm, paired_difference
-from robustcnn.errors import UsageError
 from robustcnn.outcomes import Outcomes, outcomes
 from robustcnn.report.load import SweepData
-from robustcnn.results import RowKind
+from robustcnn.results import RowKind, params_object
 
 DIGITS = 9  # eps and scales are matched to this many decimals (grids come from fractions such as 1/3 x 0.3)
 
@@ -75,7 +74,8 @@ def row_key(record, attack_params: dict[str, str]) -> RowKey:
     at = record["scale"] if record["is_patch"] else record["eps"]
     params = _canonical(str(record["params"]))
     if record["kind"] == RowKind.WORST_CASE.value:
-        covered = json.loads(params).get("attacks", []) if params.startswith("{") else []
+        covered = params_object(params).get("attacks")
+        covered = covered if isinstance(covered, list) else []
         params = json.dumps({str(name): attack_params.get(str(name), "") for name in covered}, sort_keys=True)
     return RowKey(
         str(record["kind"]),
@@ -89,7 +89,7 @@ def row_key(record, attack_params: dict[str, str]) -> RowKey:
 def _canonical(params: str) -> str:
     try:
         return json.dumps(json.loads(params or "{}"), sort_keys=True, separators=(",", ":"))
-    except ValueError:
+    except ValueError:  # results.csv is the user's file: text that is not JSON is compared as text
         return params
 
 
@@ -171,8 +171,3 @@ def _why_not_paired(old: Side, new: Side) -> str:
         differ = [f"{k} {old.setting[k]} vs {new.setting[k]}" for k in old.setting if old.setting[k] != new.setting[k]]
         return "different sweep settings: " + ", ".join(differ)
     return ""
-
-
-def require_model(sweep: SweepData, model: str) -> None:
-    if model not in sweep.models:
-        raise UsageError(f"{sweep.out_dir} has no model {model!r}; it has: {', '.join(sweep.model_ids)}")

@@ -18,7 +18,6 @@ adaptive" (a defence its checks found that no attack adapted to: its robust numb
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from robustcnn.fileio import suite_folders, write_json
 from robustcnn.report.format import format_eps
 from robustcnn.report.load import SweepData
 from robustcnn.report.tables import Cell, Headline, headline
-from robustcnn.results import EPS_TOLERANCE, RUN, Manifest, ModelEntry, RowKind, file_stem
+from robustcnn.results import EPS_TOLERANCE, RUN, Manifest, ModelEntry, RowKind, file_stem, params_object
 from robustcnn.threat import Norm
 
 THREATS = {"inf": "Linf", "2": "L2"}  # results.csv's norm -> RobustBench's ThreatModel (its folder name)
@@ -156,10 +155,7 @@ def worst_cases(data: SweepData, table: Headline, grade: SuiteGrade, model: str,
 
 def _listed(params: str) -> tuple[str, ...]:
     """The attacks a worst-case row's params list (results.csv is the user's file: anything else is none)."""
-    try:
-        attacks = json.loads(params).get("attacks")
-    except (ValueError, AttributeError):
-        return ()
+    attacks = params_object(params).get("attacks")
     return tuple(str(a) for a in attacks) if isinstance(attacks, list) else ()
 
 

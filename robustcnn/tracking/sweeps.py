@@ -8,7 +8,6 @@ the command (exit 1) with the files complete: re-running the same command resume
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from robustcnn.results import (
     SUMMARY_FILE,
     ModelEntry,
     RowKind,
+    params_object,
 )
 from robustcnn.tracking.base import (
     SWEEP_EXPERIMENT,
@@ -133,17 +133,8 @@ def _attack_params(name: str, row: pd.Series, entry: ModelEntry) -> dict[str, An
         found[f"{name}.norm"] = row["norm"]
     if name in entry.grids:
         found[f"{name}.grid"] = entry.grids[name]
-    found.update({f"{name}.{key}": value for key, value in _json_object(row["params"]).items()})
+    found.update({f"{name}.{key}": value for key, value in params_object(row["params"]).items()})
     return found
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    """results.csv's params cell; one edited by hand into something else adds no parameters."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _tags(data: SweepData, entry: ModelEntry) -> dict[str, str]:
