@@ -48,8 +48,8 @@ class Outcomes:
     data: SweepData
     model: str
     examples: ExampleSet
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # this model's rows of results, by index
-    _cells: dict[str, Cell] = field(default_factory=dict)
+    records: dict[int, dict[str, Any]] = field(init=False)  # this model's rows of results, by index
+    _cells: dict[str, Cell] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         frame = self.data.results

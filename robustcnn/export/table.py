@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,9 +56,9 @@ def chunks(data: SweepData, examples: dict[str, ExampleSet], text: Callable[[str
     for model, found in examples.items():
         outcomes = Outcomes(data, model, found)  # its cells stay cached for this model only
         files = _files(found, with_files, text)
-        batch: list[tuple[pd.Series, np.ndarray]] = []
+        batch: list[tuple[dict[str, Any], np.ndarray]] = []
         for row in outcomes.rows():
-            batch.append((data.results.loc[row], outcomes.correct(row)))
+            batch.append((outcomes.records[row], outcomes.correct(row)))  # the row as outcomes read it
             if len(batch) * max(found.n, 1) >= CHUNK_LINES:
                 yield _frame(batch, found, files, text)
                 batch = []
@@ -76,7 +77,7 @@ def _files(examples: ExampleSet, with_files: bool, text: Callable[[str], str]) -
 
 
 def _frame(
-    batch: list[tuple[pd.Series, np.ndarray]],
+    batch: list[tuple[dict[str, Any], np.ndarray]],
     examples: ExampleSet,
     files: list[str | None] | None,
     text: Callable[[str], str],

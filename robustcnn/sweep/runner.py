@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.console import progress, say
+from robustcnn.data import file_names
 from robustcnn.errors import UsageError, last_line
 from robustcnn.fileio import atomic_path, command_line, git_sha, library_versions, machine, write_json, write_text
 from robustcnn.results import (
@@ -416,8 +417,6 @@ def repeat_command(config: SweepConfig, subjects: list[Subject]) -> str | None:
 def write_examples(out: Path, subject: Subject) -> None:
     """The model's test images in the order of its cells' flags: what per-example results refer to. An image
     folder's also name their files, so the export can be joined with the user's own records of them."""
-    from robustcnn.data import file_names
-
     arrays = {"index": subject.subset.astype(np.int64), "label": subject.data.y.numpy().astype(np.int64)}
     names = file_names(subject.info.name, "test", folder=subject.info.folder, subset=subject.subset)  # no decoding
     if names is not None:
