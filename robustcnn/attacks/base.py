@@ -197,5 +197,9 @@ class CertifiedBound(Attack):
         """(n,) bool: proven correct at every input within eps of x (and in the pixel range)."""
         raise NotImplementedError
 
+    def cell_extra(self) -> dict[str, np.ndarray]:
+        """Float arrays each cell keeps beside its flags: what qualifies the proof (crown: layers left to intervals)."""
+        return {}
+
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -2,12 +2,15 @@
 
 A certified row at eps counts the images whose prediction is proven to be the true label at every input of
 the eps ball; no attack can go below it, so it brackets the robust accuracy with the attacks' rows.
-`crown` first tries the cheap interval bounds and runs its linear relaxation only where they fail.
+`crown` first tries the cheap interval bounds and runs its linear relaxation only where they fail. Any model
+torch.export can trace is bounded (residual networks, ONNX and .pt2 files); one with an operator that cannot be
+bounded is refused by name before any work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -15,7 +18,7 @@ import torch
 from robustcnn.attacks.base import ATTACKS, CertifiedBound
 from robustcnn.certify.bounds import ALPHA_STEPS
 from robustcnn.config import COUNT, INT, option
-from robustcnn.console import progress
+from robustcnn.console import progress, say
 
 IBP_BATCH = 256  # images per interval pass: about two forward passes' memory
 
@@ -29,6 +32,9 @@ class IbpParams:
 class CrownParams:
     batch: int = option(2, "images bounded at once (memory: the input size times every layer's size, per image)", INT)
     alpha_steps: int = option(ALPHA_STEPS, "Adam steps on the ReLU slopes of the final bound (0: CROWN's own)", COUNT)
+    memory_mb: int = option(
+        4096, "MiB one batch's linear bounds may hold; a layer they do not fit keeps its interval bounds", INT
+    )
 
 
 class _Propagated(CertifiedBound):
@@ -36,9 +42,13 @@ class _Propagated(CertifiedBound):
     box = "white"
 
     def check_model(self) -> None:
-        from robustcnn.certify.layers import check_model
+        from robustcnn.certify.graph import check_model
 
-        check_model(self.target.model)
+        check_model(self.target.model, self.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.target.classifier.input_shape)
 
     def certify(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         from robustcnn.certify.bounds import certified
@@ -90,4 +100,30 @@ class Crown(_Propagated):
         return IBP_BATCH if method == "ibp" else self.params.batch
 
     def options(self, method: str) -> dict:
-        return {} if method == "ibp" else {"alpha_steps": self.params.alpha_steps}
+        return {} if method == "ibp" else {"alpha_steps": self.params.alpha_steps, "memory": self.memory}
+
+    @property
+    def memory(self) -> int:
+        """Bytes per image: the plan is the same for a full batch and for the last, smaller one."""
+        return max(1, self.params.memory_mb * 2**20 // self.params.batch)
+
+    def check_model(self) -> None:
+        super().check_model()
+        if self.intervals_only[0]:
+            count, total = self.intervals_only
+            say(
+                f"note: {self.name}: {count} of {total} ReLU / max-pooling inputs keep their interval bounds: "
+                f"neither their linear bounds (memory_mb={self.params.memory_mb} for batch={self.params.batch}) nor "
+                "back-substitution (layers of up to 1024 neurons) fit; its certified rows say so in params"
+            )
+
+    @cached_property
+    def intervals_only(self) -> tuple[int, int]:
+        """(relaxed values bounded by intervals alone, all relaxed values) under this budget."""
+        from robustcnn.certify.bounds import crown_plan
+
+        _, plan = crown_plan(self.target.model, self.shape, self.memory)
+        return len(plan.intervals_only()), len(plan.relaxed)
+
+    def cell_extra(self) -> dict[str, np.ndarray]:
+        return {"intervals_only": np.array(self.intervals_only, dtype=np.float32)}

@@ -201,7 +201,12 @@ class Sweep(ChainRunner):
 
     def _rows(self, subject: Subject, done: Done) -> list[dict]:
         values = zip(done.cell.values, done.cell.flags, strict=True)
-        return [self._row(subject, done.spec, done.row_kind, flags, done.key, **v) for v, flags in values]
+        rows = [self._row(subject, done.spec, done.row_kind, flags, done.key, **v) for v, flags in values]
+        if done.spec and (notes := done.spec.kind.row_notes(done.cell)):
+            params = json.dumps({**json.loads(rows[0]["params"]), **notes}, sort_keys=True, separators=(",", ":"))
+            for row in rows:
+                row["params"] = params
+        return rows
 
     def _worst_case(self, subject: Subject, correct: np.ndarray) -> list[dict]:
         """Per norm and eps: robust only if no attack broke the example at any eps up to this one (balls nest).

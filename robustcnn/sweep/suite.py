@@ -54,6 +54,7 @@ CAPS = {  # attack parameter -> its largest allowed value, whichever attack has 
     "selection": 100_000,  # smoothing's noise samples that choose the class; Cohen et al. use 100
     "train_images": 100_000,  # images the patch is optimised on, held in memory; CIFAR-10 has 50000
     "batch": 100_000,  # images per forward pass of a bound or of smoothing: memory, not time
+    "memory_mb": 1 << 20,  # MiB crown's linear bounds may hold per batch: a TiB
     "eot": 1_000,  # forward and backward passes per gradient of a random model; AutoAttack's rand version uses 20
 }
 MAX_DRAWS = 1_000  # passes that judge one prediction of a random model

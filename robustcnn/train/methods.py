@@ -189,11 +189,11 @@ class IbpTraining(Method):
     traits = MethodTraits(adversarial=True, guarded=True)  # certified: it must resist PGD too, so the guard judges it
 
     def __init__(self, model, config, info, device, train_model=None):
-        from robustcnn.certify.layers import check_model
+        from robustcnn.certify.graph import check_model
 
         super().__init__(model, config, info, device, train_model)
         try:
-            check_model(model.eval())
+            check_model(model.eval(), tuple(info.shape))
         except UsageError as error:
             raise UsageError(f"--adv-method ibp bounds the model while it trains: {error}") from None
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):

@@ -102,6 +102,10 @@ class Kind:
     def after(self, out: Path, subject: Subject, spec: Spec, cell: Cell) -> None:
         """What a finished cell of `spec` leaves in the sweep directory once all of its model's cells are done."""
 
+    def row_notes(self, cell: Cell) -> dict[str, Any]:
+        """What its rows' params add from the cell itself (how a proof was made), beside the attack's parameters."""
+        return {}
+
 
 KINDS: Registry[Kind] = Registry("attack kind")
 

@@ -29,8 +29,16 @@ class Certified(Kind):
         for i, eps in enumerate(grid):
 
             def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.certified(bound, subject.target, examples, todo, eps)[None], {})
+                flags = cells.certified(bound, subject.target, examples, todo, eps)[None]
+                return Cell([{"eps": eps}], flags, bound.cell_extra())
 
             parts = {"attack": spec.describe(), "eps": eps, "prior": list(grid[:i])}
-            expected = Expected(len(examples), "eps", (eps,))
+            extra = {name: array.shape for name, array in bound.cell_extra().items()}
+            expected = Expected(len(examples), "eps", (eps,), extra)
             todo = runner.cell(subject, spec, self.row_kind, parts, compute, expected).flags[0]
+
+    def row_notes(self, cell: Cell) -> dict[str, Any]:
+        if "intervals_only" not in cell.extra:
+            return {}
+        count, total = (int(v) for v in cell.extra["intervals_only"])
+        return {"intervals_only": f"{count}/{total}"}  # relaxed layers whose bounds stayed intervals (memory)

@@ -1,9 +1,11 @@
 """The pieces bounds are made of: the ball around an image (`Region`), boxes and linear bounds on activations, and
-one bounding step per layer type (`LAYERS`), each able to map a box (interval bound propagation) and linear bounds
-(CROWN's forward mode). `robustcnn.certify.bounds` chains them into a whole model's bounds;
-`robustcnn.certify.backward` carries bounds back through the same steps.
+the bounding steps a traced graph's nodes become (`robustcnn.certify.ops` builds them from the graph's operators).
+Each step maps boxes (interval bound propagation) and linear bounds (CROWN's forward mode) from its inputs to its
+output, and carries a bound's coefficients back (`back`, CROWN's backward mode):
 
-A model with any layer not in `LAYERS` is refused (`check_model`) before any work.
+- `Affine`: one input, z -> W z + c (convolution, linear, BatchNorm in eval, pooling by averages, reshapes, ...);
+- `Relu` and `MaxPool`: one input, relaxed over its input's box;
+- `Sum` and `Cat`: several inputs (residual connections, concatenations), exact.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from robustcnn.errors import UsageError
 from robustcnn.threat import Norm
 
 
@@ -85,7 +85,13 @@ class Linear:
         return Box(lower.reshape(n, *shape), upper.reshape(n, *shape))
 
 
-# --- layers --------------------------------------------------------------------------------------
+# --- steps -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dense:
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ class Affine:
     apply_abs: Callable[[torch.Tensor], torch.Tensor]
     bias: Callable[[torch.Tensor], torch.Tensor]  # c added to an output batch
     transpose: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor] | None = None
+    dense: Dense | None = None  # a fully connected layer's weight and bias: the margins merge into it
+    square: Callable[[torch.Tensor], torch.Tensor] | None = None  # W * W (elementwise) applied: rows' squared norms
+    monomial: bool = False  # one non-zero per row and column (scalings, reshapes): squares compose through it
 
     def back(self, rows: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
         """rows (m, R, *out) -> rows W (m, R, *in): a bound's coefficients moved from the output to the input."""
@@ -157,74 +166,137 @@ def _no_bias(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _conv(module: nn.Conv2d) -> Affine:
-    if module.padding_mode != "zeros":
-        raise UsageError(f"Conv2d with padding_mode={module.padding_mode!r}: certified bounds support 'zeros' only")
-    settings = {key: getattr(module, key) for key in ("stride", "padding", "dilation", "groups")}
-    weight = module.weight
+def _diagonal(apply, apply_abs, bias) -> Affine:
+    """A layer that scales each element on its own: W^T = W."""
+    return Affine(apply, apply_abs, bias, lambda rows, _: apply(rows), square=lambda t: apply(apply(t)), monomial=True)
 
-    def conv(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+
+def positive(function: Callable[[torch.Tensor], torch.Tensor]) -> Affine:
+    """A linear layer with non-negative weights (pooling by averages, sums): W = |W|, no bias."""
+    return Affine(function, function, _no_bias)
+
+
+def conv(weight: torch.Tensor, bias: torch.Tensor | None, **settings) -> Affine:
+    """F.conv2d with `settings` (stride, padding, dilation, groups; padding in numbers)."""
+
+    def apply(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, w.to(t.dtype), None, **settings)
 
     def transpose(rows: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
         return torch.nn.grad.conv2d_input((len(rows), *in_shape), weight.to(rows.dtype), rows, **settings)
 
-    bias = _channel_bias(module.bias) if module.bias is not None else _no_bias
-    return Affine(lambda t: conv(t, weight), lambda t: conv(t, weight.abs()), bias, transpose)
-
-
-def _linear(module: nn.Linear) -> Affine:
-    weight = module.weight
-
-    def bias(t: torch.Tensor) -> torch.Tensor:
-        return t if module.bias is None else t + module.bias.to(t.dtype)
-
+    shift = _channel_bias(bias) if bias is not None else _no_bias
     return Affine(
-        lambda t: t @ weight.to(t.dtype).T, lambda t: t @ weight.abs().to(t.dtype).T, bias,
-        lambda rows, _: rows @ weight.to(rows.dtype),
+        lambda t: apply(t, weight), lambda t: apply(t, weight.abs()), shift, transpose,
+        square=lambda t: apply(t, weight.square()),
     )  # fmt: skip
 
 
-def _batch_norm(module: nn.modules.batchnorm._BatchNorm) -> Affine:
-    if module.training or module.running_mean is None:
-        raise UsageError(f"{type(module).__name__} must be in eval mode with running statistics to be bounded")
-    scale = torch.rsqrt(module.running_var + module.eps)
-    if module.weight is not None:
-        scale = scale * module.weight
-    shift = -module.running_mean * scale + (module.bias if module.bias is not None else 0)
+def dense(weight: torch.Tensor, bias: torch.Tensor | None) -> Affine:
+    """A fully connected layer: t @ W^T + b."""
+
+    def shift(t: torch.Tensor) -> torch.Tensor:
+        return t if bias is None else t + bias.to(t.dtype)
+
+    return Affine(
+        lambda t: t @ weight.to(t.dtype).T, lambda t: t @ weight.abs().to(t.dtype).T, shift,
+        lambda rows, _: rows @ weight.to(rows.dtype), Dense(weight, bias),
+        square=lambda t: t @ weight.square().to(t.dtype).T,
+    )  # fmt: skip
+
+
+def batch_norm(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> Affine:
+    """BatchNorm with its running statistics (eval mode): a scale and a shift per channel."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale + (bias if bias is not None else 0)
     return _diagonal(_channel_scale(scale), _channel_scale(scale.abs()), _channel_bias(shift))
 
 
-def _diagonal(apply, apply_abs, bias) -> Affine:
-    """A layer that scales each element on its own: W^T = W."""
-    return Affine(apply, apply_abs, bias, lambda rows, _: apply(rows))
+def standardize(mean: torch.Tensor, std: torch.Tensor) -> Affine:
+    """(x - mean) / std per channel: the normalisation robustcnn's models do inside."""
+    mean, std = mean.flatten(), std.flatten()
+    return _diagonal(
+        lambda t: t / _per_channel(std, t), lambda t: t / _per_channel(std.abs(), t), _channel_bias(-mean / std)
+    )
 
 
-def _positive(function: Callable[[torch.Tensor], torch.Tensor]) -> Affine:
-    """A linear layer with non-negative weights (pooling by averages, reshapes): W = |W|, no bias."""
-    return Affine(function, function, _no_bias)
+def elementwise(scale: torch.Tensor | None, shift: torch.Tensor | None) -> Affine:
+    """t * scale + shift, both broadcast against one example's shape (leading dims of size 1)."""
+
+    def times(t: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+        return t if factor is None else t * factor.to(t.dtype)
+
+    def plus(t: torch.Tensor) -> torch.Tensor:
+        return t if shift is None else t + shift.to(t.dtype)
+
+    magnitude = None if scale is None else scale.abs()
+    return _diagonal(lambda t: times(t, scale), lambda t: times(t, magnitude), plus)
 
 
-def _avg_pool(module: nn.AvgPool2d) -> Affine:
-    settings = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding}
-    extra = {"ceil_mode": module.ceil_mode, "count_include_pad": module.count_include_pad}
-    return _positive(lambda t: F.avg_pool2d(t, **settings, **extra, divisor_override=module.divisor_override))
+def reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Affine:
+    """Each example's elements in a new shape (flatten, view, squeeze ...): the batch dimension is kept."""
+    apply = lambda t: t.reshape(len(t), *out_shape)  # noqa: E731
+    return Affine(
+        apply, apply, _no_bias, lambda rows, _: rows.reshape(len(rows), *in_shape), square=apply, monomial=True
+    )
 
 
-def _adaptive_avg_pool(module: nn.AdaptiveAvgPool2d) -> Affine:
-    return _positive(lambda t: F.adaptive_avg_pool2d(t, module.output_size))
+@dataclass(frozen=True)
+class Sum:
+    """z = sum_k c_k x_k over inputs of z's shape: a residual connection is c = (1, 1). Exact."""
+
+    coefficients: tuple[float, ...]
+
+    def box(self, boxes: list[Box]) -> Box:
+        lower = upper = 0.0
+        for c, box in zip(self.coefficients, boxes, strict=True):
+            low, high = (box.lower, box.upper) if c >= 0 else (box.upper, box.lower)
+            lower, upper = lower + _times(low, c), upper + _times(high, c)
+        return Box(lower, upper)
+
+    def linear(self, bounds: list[Linear]) -> Linear:
+        sums = [0.0, 0.0, 0.0, 0.0]  # a_lower, b_lower, a_upper, b_upper
+        for c, bound in zip(self.coefficients, bounds, strict=True):
+            low, high = (bound.a_lower, bound.b_lower), (bound.a_upper, bound.b_upper)
+            terms = (*low, *high) if c >= 0 else (*high, *low)  # a negative coefficient swaps the sides
+            sums = [total + _times(term, c) for total, term in zip(sums, terms, strict=True)]
+        if all(bound.exact for bound in bounds):  # one affine function: keep it one object (Linear.exact)
+            return Linear(sums[0], sums[1], sums[0], sums[1])
+        return Linear(*sums)
+
+    def back(self, rows: torch.Tensor, _: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        return [_times(rows, c) for c in self.coefficients]
 
 
-def _flatten(module: nn.Flatten) -> Affine:
-    if module.start_dim != 1:
-        raise UsageError(f"Flatten(start_dim={module.start_dim}): certified bounds support start_dim=1 only")
-    flatten = lambda t: t.flatten(1, module.end_dim)  # noqa: E731
-    return Affine(flatten, flatten, _no_bias, lambda rows, in_shape: rows.reshape(len(rows), *in_shape))
+def _times(t: torch.Tensor, c: float) -> torch.Tensor:
+    return t if c == 1 else t * c
 
 
-def _identity(_: nn.Module) -> Affine:
-    same = lambda t: t  # noqa: E731
-    return Affine(same, same, _no_bias, lambda rows, _: rows)
+@dataclass(frozen=True)
+class Cat:
+    """z = the inputs joined along one dimension of each example (`dim` counted from the last). Exact."""
+
+    dim: int  # negative: the same dimension of (n, *shape) and of (n, d, *shape)
+
+    def box(self, boxes: list[Box]) -> Box:
+        return Box(torch.cat([b.lower for b in boxes], self.dim), torch.cat([b.upper for b in boxes], self.dim))
+
+    def linear(self, bounds: list[Linear]) -> Linear:
+        a_lower, b_lower = (torch.cat([getattr(b, name) for b in bounds], self.dim) for name in ("a_lower", "b_lower"))
+        if all(b.exact for b in bounds):  # one affine function: keep it one object (Linear.exact)
+            return Linear(a_lower, b_lower, a_lower, b_lower)
+        a_upper, b_upper = (torch.cat([getattr(b, name) for b in bounds], self.dim) for name in ("a_upper", "b_upper"))
+        return Linear(a_lower, b_lower, a_upper, b_upper)
+
+    def back(self, rows: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        return list(rows.split([shape[self.dim] for shape in shapes], self.dim))
+
+
+JOINS = (Sum, Cat)  # the steps with several inputs: box, linear and back take one entry per input
 
 
 def crown_slope(box: Box) -> torch.Tensor:
@@ -273,11 +345,16 @@ class Relu:
 
 @dataclass(frozen=True)
 class MaxPool:
-    module: nn.MaxPool2d
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
 
     def _pool(self, t: torch.Tensor, indices: bool = False):
-        m = self.module
-        return F.max_pool2d(t, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=indices)
+        return F.max_pool2d(
+            t, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=indices
+        )
 
     def box(self, box: Box) -> Box:
         return Box(self._pool(box.lower), self._pool(box.upper))
@@ -322,79 +399,16 @@ class MaxPool:
     def _decided(self, box: Box, low_pooled: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """Where the chosen input's lower bound beats every other input's upper bound: it is the max. Only for
         windows that do not overlap (else every window is undecided: sound, simpler)."""
-        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
-        if any(s < k for s, k in zip(stride, kernel, strict=True)) or _pair(self.module.dilation) != (1, 1):
+        if any(s < k for s, k in zip(self.stride, self.kernel_size, strict=True)) or tuple(self.dilation) != (1, 1):
             return torch.zeros_like(low_pooled, dtype=torch.bool)
         others = box.upper.flatten(2).scatter(2, chosen.flatten(2), -math.inf).reshape(box.upper.shape)
         return low_pooled >= self._pool(others)
 
 
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-LAYERS: dict[type[nn.Module], Callable[[nn.Module], Affine | Relu | MaxPool]] = {  # module type -> its step
-    nn.Conv2d: _conv,
-    nn.Linear: _linear,
-    nn.BatchNorm2d: _batch_norm,
-    nn.BatchNorm1d: _batch_norm,
-    nn.AvgPool2d: _avg_pool,
-    nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
-    nn.Flatten: _flatten,
-    nn.Dropout: _identity,  # eval mode: the identity
-    nn.Identity: _identity,
-    nn.ReLU: lambda _: Relu(),
-    nn.MaxPool2d: MaxPool,
-}
-CONTAINERS = (nn.Sequential,)
-
-
-def supported_layers() -> list[str]:
-    return sorted(t.__name__ for t in (*LAYERS, *CONTAINERS) if not t.__name__.startswith("_")) + [
-        "robustcnn Normalized"
-    ]
-
-
-def layers(model: nn.Module) -> list[nn.Module]:
-    """The model as a chain of supported layers (containers unrolled), or one UsageError naming what is not."""
-    from robustcnn.models.base import Normalized
-
-    if isinstance(model, Normalized):
-        return [_Standardize(model.mean, model.std), *layers(model.net)]
-    if isinstance(model, CONTAINERS):
-        return [layer for child in model.children() for layer in layers(child)]
-    if type(model) not in LAYERS:
-        raise UsageError(
-            f"certified bounds do not support layer {type(model).__name__}; supported: {', '.join(supported_layers())}"
-        )
-    return [model]
-
-
-class _Standardize(nn.Module):
-    """(x - mean) / std per channel: the normalisation robustcnn models do inside."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.mean, self.std = mean.flatten(), std.flatten()
-
-
-LAYERS[_Standardize] = lambda m: _diagonal(
-    lambda t: t / _per_channel(m.std, t),
-    lambda t: t / _per_channel(m.std.abs(), t),
-    _channel_bias(-m.mean / m.std),
-)
-
-
-def check_model(model: nn.Module) -> None:
-    """Raises the UsageError `layers` would, before any work."""
-    for layer in layers(model):
-        LAYERS[type(layer)](layer)
-
-
 # --- the certification question ---------------------------------------------------------------
 
 
-def margin_spec(last: nn.Linear | None, y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> Affine:
+def margin_spec(last: Dense | None, y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> Affine:
     """z -> (logit[y] - logit[k]) for every k != y, per example, merged into the last linear layer when there is one."""
     n = len(y)
     others = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, num_classes)]) for c in range(num_classes)])
