@@ -108,7 +108,7 @@ def test_every_output_in_the_ball_lies_within_the_bounds_of_a_graph(digits, name
     _check_bounds_hold(residual_models()[name], x[:count], y[:count], eps / 10 if name == "resnet" else eps, norm)
 
 
-@pytest.mark.slow  # ~100 s: back-substitution through the last stages' layers of up to 1024 neurons
+@pytest.mark.slow  # ~130 s: back-substitution through the last stages' layers of up to 1024 neurons
 def test_every_output_in_the_ball_lies_within_resnet18s_bounds(digits):
     model = create_model(ModelConfig("resnet18", *SHAPE, 10, (0.2,), (0.3,))).eval()
     x, y = digits
