@@ -111,7 +111,9 @@ def _linear(call: Call) -> Lowered:
 def _addmm(call: Call) -> Lowered:  # beta * self + alpha * (mat1 @ mat2): a linear layer written out
     weight = call.constant("mat2").T * call.constant("alpha")
     bias = torch.as_tensor(call.constant("self")) * call.constant("beta")
-    return Lowered(steps.dense(weight, bias.broadcast_to(weight.shape[:1])), (_flat_var(call, "mat1"),))
+    if bias.dim() > 2 or (bias.dim() == 2 and bias.shape[0] != 1):
+        raise call.refuse("its added term differs from example to example")
+    return Lowered(steps.dense(weight, bias.broadcast_to((1, len(weight))).reshape(-1)), (_flat_var(call, "mat1"),))
 
 
 @lowers("aten.mm", "aten.matmul")
