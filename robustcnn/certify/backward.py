@@ -101,7 +101,7 @@ def optimised_lower(graph: Graph, boxes: dict[int, Box], rows: torch.Tensor, reg
 def _optimised(graph: Graph, boxes: dict[int, Box], rows: torch.Tensor, region: Region, iterations: int,
                proving: bool) -> torch.Tensor:  # fmt: skip
     best = lower_bound(graph, boxes, rows, region)
-    if iterations <= 0 or (proving and (best > 0).all()):
+    if iterations <= 0 or (proving and _proven(best)):
         return best
     n, count = len(region.center), rows.shape[1]
     slopes = {

@@ -69,9 +69,6 @@ class Graph:
             exact.append(not isinstance(node.step, RELAXED) and all(exact[v] for v in node.inputs))
         return exact
 
-    def readers(self, value: int) -> list[Node]:
-        return [node for node in self.nodes if value in node.inputs]
-
     def with_margins(self, y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> Graph:
         """The graph of logit[y] - logit[k], k != y: the last fully connected layer merged with that question when
         the output is one (one affine layer instead of two), else the question appended."""
