@@ -21,6 +21,8 @@ so a burst of load hits the sweep and its limit alike.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,6 +45,9 @@ from robustcnn.sweep.suite import find_suite
 
 ATTACK_TARGET = 1.15  # the standard sweep's attack cells may cost at most this many times their limit
 WALL_TARGET = 1.25  # ... and the whole call this many times the limit of all its work
+LEAN_ATTACK_TARGET = 1.10  # the everyday sweep (FGSM + PGD-40, 6 eps, no probes) on the robust model: cells ...
+LEAN_WALL_TARGET = 1.15  # ... and the whole in-process call
+STARTUP_TARGET = 0.5  # seconds a sweep command spends beyond `import torch` and its cells
 TIMING_PASSES = 4  # full batches per per-image timing, taken before every cell (~0.1 s on 2 CPU cores)
 ATTACK_KINDS = ("attack", "probe")  # the cells whose seconds are the attack time
 
@@ -131,6 +136,18 @@ def bounded_suite(name: str, folder: Path, pgd_steps: int | None = None) -> Path
     return path
 
 
+def everyday_suite(folder: Path) -> Path:
+    """FGSM and PGD-40 (Linf) over the quick suite's 6 radii (0.25 ... 2 x the dataset's eps), no patch."""
+    data = tomllib.loads(find_suite("quick").read_text(encoding="utf-8"))
+    kept = [dict(e) for e in data["attack"] if e["type"] in ("fgsm", "pgd")]
+    for entry in kept:
+        if entry["type"] == "pgd":
+            entry["steps"] = 40
+    path = folder / "everyday.toml"
+    path.write_text(suite_toml({"description": "FGSM + PGD-40, 6 eps (benchmark)"}, kept), encoding="utf-8")
+    return path
+
+
 @dataclass(frozen=True)
 class Job:
     models: tuple[Path, ...]
@@ -139,13 +156,22 @@ class Job:
     device: torch.device
     batch_size: int
     seed: int = 0
+    probe: int | None = None  # None: the sweep's default
 
     def sweep(self) -> pd.DataFrame:
+        probe = {} if self.probe is None else {"probe": self.probe}
         with tempfile.TemporaryDirectory(prefix="bench-limit-") as out:
             return robustcnn.sweep(
                 [str(p) for p in self.models], suite=str(self.suite), n=self.n, out=out, seed=self.seed,
-                device=str(self.device), batch_size=self.batch_size, report=False,
+                device=str(self.device), batch_size=self.batch_size, report=False, **probe,
             )  # fmt: skip
+
+    def argv(self, out: str) -> list[str]:
+        """The same sweep as a command (report off)."""
+        probe = [] if self.probe is None else ["--probe", str(self.probe)]
+        return [sys.executable, "-m", "robustcnn.sweep", *map(str, self.models), "--suite", str(self.suite), "--n",
+                str(self.n), "--out", out, "--seed", str(self.seed), "--device", str(self.device), "--batch-size",
+                str(self.batch_size), "--no-report", *probe]  # fmt: skip
 
 
 def count_work(job: Job) -> Work:
@@ -238,14 +264,20 @@ def measure(
     last one, in one round: its Square attack takes minutes."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-limit-suites-") as tmp:
+        everyday = Job((models[-1],), everyday_suite(Path(tmp)), n, device, batch, seed, probe=0)
+        targets = (LEAN_ATTACK_TARGET, LEAN_WALL_TARGET)
+        rows += _rows(everyday, *measure_job(everyday, repeats), "FGSM + PGD-40, 6 eps, probes off", targets)
+        rows.append(startup_row(everyday, repeats))
         standard = bounded_suite("standard", Path(tmp))
         for path in models:
             job = Job((path,), standard, n, device, batch, seed)
-            rows += _rows(job, *measure_job(job, repeats), "standard suite without the patch", target=True)
+            rows += _rows(
+                job, *measure_job(job, repeats), "standard suite without the patch", (ATTACK_TARGET, WALL_TARGET)
+            )
         if aa_n:
             grade = bounded_suite("autoattack-grade", Path(tmp))
             job = Job((models[-1],), grade, aa_n, device, batch, seed)
-            rows += _rows(job, *measure_job(job, 1), "autoattack-grade suite", target=False)
+            rows += _rows(job, *measure_job(job, 1), "autoattack-grade suite", None)
     return rows
 
 
@@ -253,11 +285,33 @@ def _median(values: list[float]) -> float:
     return float(pd.Series(values).median())
 
 
-def _ratios(values: list[float]) -> str:
-    return "ratios " + " / ".join(f"{r:.3g}" for r in values)
+def _ratios(values: list[float], what: str = "ratios") -> str:
+    return f"{what} " + " / ".join(f"{r:.3g}" for r in values)
 
 
-def _rows(job: Job, rounds: Rounds, work: Work, suite: str, target: bool) -> list[Row]:
+def startup_row(job: Job, repeats: int) -> Row:
+    """What a sweep command costs beyond its cells and `import torch`: interpreter and imports past torch, models and
+    data, checks, planning, files. Each round times `python -c "import torch"` and the command (report off) one after
+    the other; start-up = command wall - the seconds of every cell in its results.csv - the import's wall."""
+    extra, commands, imports = [], [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        imports.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory(prefix="bench-startup-") as out:
+            started = time.perf_counter()
+            subprocess.run(job.argv(out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            commands.append(time.perf_counter() - started)
+            cells = pd.read_csv(Path(out) / "results.csv").drop_duplicates("cell")
+        extra.append(commands[-1] - float(cells.seconds.sum()) - imports[-1])
+    where = f"{', '.join(p.name for p in job.models)}, n={job.n}, FGSM + PGD-40, 6 eps, probes off"
+    return Row("sweep-limit", f"sweep command start-up beyond import torch and its cells ({where})", _median(extra),
+               "s", target=f"<= {STARTUP_TARGET:g}", seconds=_median(commands), spread=_ratios(extra, "seconds"),
+               baseline='python -c "import torch"', baseline_seconds=_median(imports), repeats=repeats,
+               note="command wall - its cells' seconds (results.csv) - import torch's wall, per round")  # fmt: skip
+
+
+def _rows(job: Job, rounds: Rounds, work: Work, suite: str, targets: tuple[float, float] | None) -> list[Row]:
     where = f"{suite}, {', '.join(p.name for p in job.models)}, n={job.n}, batch {job.batch_size}"
     cells = work.places() - {""}
     attack = work.total(cells)
@@ -269,11 +323,11 @@ def _rows(job: Job, rounds: Rounds, work: Work, suite: str, target: bool) -> lis
     common = {"repeats": len(rounds.wall), "baseline": "gradient-work limit (plain PyTorch x counted passes)"}
     return [
         Row("sweep-limit", f"attack cells / their gradient-work limit ({where})", _median(rounds.ratios("attack")),
-            "x limit", target=f"<= {ATTACK_TARGET:g}" if target else "", seconds=_median(rounds.attack),
+            "x limit", target=f"<= {targets[0]:g}" if targets else "", seconds=_median(rounds.attack),
             spread=_ratios(rounds.ratios("attack")), baseline_seconds=_median(rounds.attack_limit), note=counted,
             **common),
         Row("sweep-limit", f"whole sweep call / the limit of all its work ({where})", _median(rounds.ratios("wall")),
-            "x limit", target=f"<= {WALL_TARGET:g}" if target else "", seconds=_median(rounds.wall),
+            "x limit", target=f"<= {targets[1]:g}" if targets else "", seconds=_median(rounds.wall),
             spread=_ratios(rounds.ratios("wall")), baseline_seconds=_median(rounds.wall_limit),
             note="in-process (imports excluded), report off", **common),
     ]  # fmt: skip

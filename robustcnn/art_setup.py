@@ -13,10 +13,17 @@ robustcnn comes after a call to it (tests/test_hostile_distributed.py checks the
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
+import logging
 import os
 import sys
+import types
 from pathlib import Path
 
 from robustcnn.errors import UsageError
@@ -51,8 +58,77 @@ def write_art_config() -> None:
 
 
 def import_art() -> None:
-    """Imports ART once its config file is in place; call it before any `from art... import ...`."""
+    """Makes ART importable, piece by piece, once its config file is in place; call it before any `from art...`.
+
+    `import art` imports all of ART (every attack, defence, estimator and metric: ~0.5 s of every sweep's start-up),
+    because each of its package `__init__` files imports its whole folder. Here ART's packages load lazily
+    (`LazyArtPackages`): importing `art.attacks.evasion.square_attack` runs that module and what it imports, and a
+    name taken from a package (`from art.attacks.evasion import SquareAttack`) imports the one module its `__init__`
+    takes it from. So a suite imports only the attacks it runs.
+    """
     if "art" in sys.modules:
         return
     write_art_config()
+    sys.meta_path.insert(0, LazyArtPackages())
+    logging.getLogger("art").addHandler(logging.NullHandler())  # what art/__init__.py's logging setup does for "art"
     import art  # noqa: F401
+
+
+class LazyArtPackages(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook for ART's packages (folders with an `__init__.py` under `art`): each becomes a `LazyPackage`, whose
+    `__init__.py` runs only if a name is asked of it that none of its modules' imports in that file provides."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != "art" and not fullname.startswith("art."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not spec.submodule_search_locations or not str(spec.origin).endswith("__init__.py"):
+            return None  # a plain module: imported as always
+        return importlib.util.spec_from_file_location(
+            fullname, spec.origin, loader=self, submodule_search_locations=spec.submodule_search_locations
+        )
+
+    def create_module(self, spec):
+        return LazyPackage(spec)
+
+    def exec_module(self, module) -> None:
+        """Nothing runs at import: the package's names resolve on first use (`LazyPackage.__getattr__`)."""
+
+
+class LazyPackage(types.ModuleType):
+    """An ART package whose `__init__.py` has not run: a name is its submodule, or the module the `__init__.py`
+    imports it from (read from the file's import statements, not run), or, for anything else, the whole file."""
+
+    def __init__(self, spec):
+        super().__init__(spec.name)
+        self.__spec__, self.__file__, self.__path__ = spec, spec.origin, list(spec.submodule_search_locations)
+        self.__package__ = spec.name
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name not in ("__version__", "__all__"):
+            raise AttributeError(name)  # module attributes Python looks up (__path__, __getattr__ of `from ... import`)
+        folder = Path(self.__path__[0])
+        if (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file():
+            return importlib.import_module(f"{self.__name__}.{name}")
+        source = _imported_names(self.__file__, self.__name__).get(name)
+        if source is not None:
+            value = getattr(importlib.import_module(source), name)
+        else:  # assigned in the __init__ itself (a version, a constant): run the file, as `import` would have
+            importlib.machinery.SourceFileLoader(self.__name__, self.__file__).exec_module(self)
+            if name not in self.__dict__:
+                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+            value = self.__dict__[name]
+        setattr(self, name, value)
+        return value
+
+
+@functools.cache
+def _imported_names(init_file: str, package: str) -> dict[str, str]:
+    """name -> the module a package's `__init__.py` imports it from (`from MODULE import name`), read with ast."""
+    tree = ast.parse(Path(init_file).read_text(encoding="utf-8"))
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = importlib.util.resolve_name("." * node.level + node.module, package) if node.level else node.module
+            names.update({alias.asname or alias.name: module for alias in node.names if alias.name != "*"})
+    return names

@@ -26,6 +26,46 @@ def test_mnist5k_is_a_stratified_disjoint_4000_1000_split():
     assert len(set(test.y[:50].tolist())) > 5, "the first test images must not all be one class"
 
 
+def _labels() -> list[np.ndarray]:
+    """mnist5k's (sorted by class), the digits', random and unbalanced ones, ones whose remainders tie."""
+    from sklearn.datasets import load_digits
+
+    from robustcnn.data.offline import _mnist5k_arrays
+
+    rng = np.random.default_rng(0)
+    unbalanced, tied = np.repeat(np.arange(5), [3, 40, 17, 2, 91]), np.repeat([4, 9, 1], 11)
+    return [
+        _mnist5k_arrays()[1],
+        load_digits().target,
+        rng.integers(0, 7, 503),
+        unbalanced,
+        tied,
+        rng.integers(0, 3, 60),
+    ]
+
+
+@pytest.mark.parametrize("test_size", [1000, 360, 0.2, 0.25, 9, 0.5])
+def test_stratified_split_is_scikit_learns(test_size):
+    """robustcnn writes out scikit-learn's stratified train_test_split (its import costs the sweep's start-up): the
+    same train and test indices, in the same order, for the same seed."""
+    from sklearn.model_selection import train_test_split
+
+    from robustcnn.data.base import stratified_split
+
+    checked = 0
+    for y in _labels():
+        n_test = test_size if isinstance(test_size, int) else int(np.ceil(test_size * len(y)))
+        classes = len(np.unique(y))
+        if not classes <= n_test <= len(y) - classes:
+            continue
+        for seed in (0, 1, 7):
+            theirs = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+            ours = stratified_split(y, test_size, seed)
+            assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)), (test_size, seed, len(y))
+            checked += 1
+    assert checked >= 6
+
+
 def test_images_are_floats_in_unit_range_and_batches_cover_the_set():
     test = load_dataset("mnist5k", "test")
     x = test.images()

@@ -412,3 +412,48 @@ def test_the_lean_pgd_gives_arts_numbers(tiny_runs, tmp_path, suite_file, monkey
     arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
     assert (lean.kind == "attack").sum() == 2 * 7 and lean.n_correct.min() < lean.n_correct.max()
     pd.testing.assert_frame_equal(lean.drop(columns="seconds"), arts.drop(columns="seconds"))
+
+
+CASCADE_SUITE = """
+cascade = true
+
+[[attack]]
+name = "apgd-ce"
+type = "apgd-ce"
+norm = "inf"
+eps = [0.1, 0.2]
+steps = 12
+
+[[attack]]
+name = "apgd-t"
+type = "apgd-t"
+norm = "inf"
+eps = [0.1, 0.2]
+steps = 12
+targets = 3
+
+[[attack]]
+name = "square"
+type = "square"
+norm = "inf"
+eps = [0.1, 0.2]
+queries = 150
+"""
+
+
+def test_the_lean_apgd_and_square_give_arts_numbers(tiny_runs, tmp_path, suite_file, monkeypatch):
+    """The lean APGD (one pass per iteration, every iterate watched in its loop, examples leaving once broken) and
+    the lean Square (one pass per query) are speed only: the AutoAttack-grade cascade through ART's own classes (and
+    the forward hook for every iterate) gives the same results.csv, every row and count, probes included."""
+    from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+
+    from robustcnn.attacks import apgd, square
+
+    suite, runs = suite_file(CASCADE_SUITE), [r.path for r in tiny_runs]
+    lean = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "lean"), report=False)
+    monkeypatch.setattr(apgd, "apgd_class", lambda: AutoProjectedGradientDescent)
+    monkeypatch.setattr(square, "square_class", lambda: SquareAttack)
+    arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
+    attacked = lean[lean.kind == "attack"]
+    assert len(attacked) == 2 * 3 * 2 and attacked.n_correct.min() < attacked.n_correct.max()
+    pd.testing.assert_frame_equal(lean.drop(columns="seconds"), arts.drop(columns="seconds"))

@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from robustcnn.art_setup import import_art
 from robustcnn.attacks.adaptive import AdaptiveGradients, AdaptiveParams
 from robustcnn.attacks.art import classifier_class, narrowed_starts
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
+from robustcnn.attacks.lean_apgd import apgd_class
 from robustcnn.config import BOOL, INT, option
 from robustcnn.results import Adaptation, Technique
 
@@ -50,10 +50,7 @@ class _Apgd(AdaptiveGradients, BoundedAttack):
         return LOSSES[getattr(self.adapt(self.name, self.params, self.target)[0], "loss", "ce")]
 
     def build(self, eps):
-        import_art()
-        from art.attacks.evasion import AutoProjectedGradientDescent
-
-        attack = AutoProjectedGradientDescent(
+        attack = apgd_class()(
             self.target.classifier,
             norm=self.norm.art,
             eps=eps,
@@ -70,6 +67,16 @@ class _Apgd(AdaptiveGradients, BoundedAttack):
         # (`per_example_starts`): examples misclassified at the start, as in a probe, or a restart's survivors.
         attack._estimator.__class__ = classifier_class()
         return attack
+
+    def watches_iterates(self, eps: float) -> bool:
+        return getattr(self.art_attack(eps), "is_lean", bool)()  # ART's own class (tests) has no lean loop
+
+    def run(self, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        return self.art_attack(eps).generate(x, y, true_labels=self._watched(y))
+
+    def _watched(self, y: np.ndarray) -> np.ndarray | None:
+        """The true labels the lean loop checks every iterate against (AutoAttack's rule), or None."""
+        return y if self.records_iterates() else None
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class ApgdTargeted(_Dlr):
                 break
             targets = np.eye(self.target.num_classes, dtype=np.float32)[wrong[index, k]]
             with narrowed_starts(index, wrong[index, k], targeted=True):  # rows `index`, each with its own starts
-                candidate = attack.generate(x[index], targets)
+                candidate = attack.generate(x[index], targets, true_labels=self._watched(y[index]))
             broken = self._broken(candidate, y[index])
             x_adv[index[broken]] = candidate[broken]
             correct[index[broken]] = False

@@ -142,6 +142,10 @@ class BoundedAttack(Attack):
         """Whether every iterate counts (AutoAttack's rule), not only the returned one: iterative attacks."""
         return bool(getattr(self.params, "any_iterate", False))
 
+    def watches_iterates(self, eps: float) -> bool:
+        """Whether the attack's own loop keeps every misclassified iterate (lean APGD), so no forward hook is needed."""
+        return False
+
     def generate(self, x: np.ndarray, y: np.ndarray, eps: float, starts: Starts | None = None) -> np.ndarray:
         """x (n, C, H, W) float32 in [0, 1], y (n,) true labels -> x_adv with ||x_adv - x|| <= eps.
 
@@ -149,7 +153,7 @@ class BoundedAttack(Attack):
         is in; None: ART's, drawn for the whole batch from numpy's global generator.
         """
         with per_example_starts(starts, y):
-            if not self.records_iterates():
+            if not self.records_iterates() or self.watches_iterates(eps):
                 return self.run(x, y, eps)
             from robustcnn.attacks.art import IterateRecorder
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustcnn.art_setup import import_art
 from robustcnn.attacks.base import ATTACKS, BoundedAttack
+from robustcnn.attacks.lean_square import square_class
 from robustcnn.config import FLOAT, INT, option
 
 
@@ -31,11 +31,8 @@ class Square(BoundedAttack):
     Params = SquareParams
 
     def build(self, eps):
-        import_art()
-        from art.attacks.evasion import SquareAttack
-
         p = self.params
-        return SquareAttack(
+        return square_class()(
             self.target.classifier,
             norm=self.norm.art,
             max_iter=p.queries,

@@ -282,13 +282,49 @@ def stratified_split(
     `test_size` is a count or a fraction. When the split is impossible the error names the setting (`what`)
     and the class (by `names`, if given).
     """
-    from sklearn.model_selection import train_test_split
-
     _check_stratifiable(y, test_size, what, names)
-    index = np.arange(len(y))
     # Left shuffled: the first n test images must be a fair sample, not one class.
-    train, test = train_test_split(index, test_size=test_size, stratify=y, random_state=seed)
-    return train, test
+    return _stratified_shuffle_split(np.asarray(y), test_size, seed)
+
+
+def _stratified_shuffle_split(y: np.ndarray, test_size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's `train_test_split(arange(n), test_size=..., stratify=y, random_state=seed)`, step for step
+    (StratifiedShuffleSplit, sklearn 1.x): the same indices from the same seed (tests/test_data.py compares them).
+
+    Written out because importing sklearn.model_selection costs ~1.5 s of every process that loads a dataset (the
+    sweep's start-up, README "Benchmarks"); and the test sets no longer depend on scikit-learn's version.
+    """
+    n_test = math.ceil(test_size * len(y)) if isinstance(test_size, float) else int(test_size)
+    n_train = len(y) - n_test
+    _, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train, test = [], []
+    for i, members in enumerate(class_indices):
+        shuffled = members.take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(shuffled[: n_i[i]])
+        test.extend(shuffled[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's `_approximate_mode`: per-class draws in proportion, the rounding remainder given to the
+    classes with the largest leftovers, ties broken at random."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def _check_stratifiable(y: np.ndarray, test_size: int | float, what: str, names: Sequence[str]) -> None:
