@@ -82,6 +82,9 @@ class LazyArtPackages(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname != "art" and not fullname.startswith("art."):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and fullname == ART_PGD_NUMPY:
+            spec.loader = TruncnormDeferred(spec.loader)
+            return spec
         if spec is None or not spec.submodule_search_locations or not str(spec.origin).endswith("__init__.py"):
             return None  # a plain module: imported as always
         return importlib.util.spec_from_file_location(
@@ -120,6 +123,47 @@ class LazyPackage(types.ModuleType):
             value = self.__dict__[name]
         setattr(self, name, value)
         return value
+
+
+ART_PGD_NUMPY = "art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_numpy"
+
+
+class TruncnormDeferred(importlib.abc.Loader):
+    """Loads ART's PGD base module with `from scipy.stats import truncnorm` answered by a stand-in that imports
+    scipy.stats when first used. scipy.stats costs ~0.5-1 s to import, and ART's PGD uses truncnorm only with
+    `random_eps=True`, which robustcnn never sets. The stand-in is in sys.modules only while that one module runs."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        if "scipy.stats" in sys.modules:
+            self.loader.exec_module(module)
+            return
+        stand_in = types.ModuleType("scipy.stats")
+        stand_in.truncnorm = _Deferred("truncnorm")
+        sys.modules["scipy.stats"] = stand_in
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if sys.modules.get("scipy.stats") is stand_in:
+                del sys.modules["scipy.stats"]
+
+
+class _Deferred:
+    """scipy.stats.NAME, imported on first use."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        return getattr(importlib.import_module("scipy.stats"), self.name)(*args, **kwargs)
+
+    def __getattr__(self, attribute: str):
+        return getattr(getattr(importlib.import_module("scipy.stats"), self.name), attribute)
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import functools
 import importlib
 import logging
 import math
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -339,8 +340,7 @@ def pgd_step(attack, x: torch.Tensor, x_init: torch.Tensor, y: torch.Tensor, eps
 def pgd_class() -> type:
     """ART's `ProjectedGradientDescentPyTorch` with its projection (`projection`) and its step (`pgd_step`)
     done leaner where they apply: scalar eps, Linf or L2, no mask, no momentum, pixel bounds set."""
-    import_art()
-    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    ProjectedGradientDescentPyTorch = starts_module(ART_PGD_MODULE).ProjectedGradientDescentPyTorch
 
     class Pgd(ProjectedGradientDescentPyTorch):
         @staticmethod
@@ -486,11 +486,15 @@ _STARTS = _PatchState()
 
 
 def _patch_starts(change: int) -> None:
+    """Only the modules already imported are patched (a suite without PGD or APGD never imports theirs): an attack
+    imports its module when it is built, and `starts_module` patches it then if a block is open."""
     import_art()
-    modules = [importlib.import_module(name) for name in ART_STARTS_MODULES]
+    from art import utils
+
+    modules = [sys.modules[name] for name in ART_STARTS_MODULES if name in sys.modules]
     with _STARTS.lock:
         if change > 0 and _STARTS.depth == 0:
-            _STARTS.original = modules[0].random_sphere
+            _STARTS.original = utils.random_sphere  # the function both modules import from art.utils
             for module in modules:
                 module.random_sphere = _random_sphere
         _STARTS.depth += change
@@ -498,6 +502,16 @@ def _patch_starts(change: int) -> None:
             for module in modules:
                 module.random_sphere = _STARTS.original
             _STARTS.original = None
+
+
+def starts_module(name: str) -> Any:
+    """ART's module `name` (one of ART_STARTS_MODULES), imported, with per-example starts if a block is open."""
+    import_art()
+    module = importlib.import_module(name)
+    with _STARTS.lock:
+        if _STARTS.depth > 0:
+            module.random_sphere = _random_sphere
+    return module
 
 
 def _random_sphere(nb_points: int, nb_dims: int, radius, norm) -> np.ndarray:

@@ -61,8 +61,11 @@ def checkpoints(max_iter: int) -> list[int]:
 @functools.cache
 def apgd_class() -> type:
     import_art()
-    from art.attacks.evasion import AutoProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
+
+    from robustcnn.attacks.art import starts_module
+
+    AutoProjectedGradientDescent = starts_module(ART_APGD_MODULE).AutoProjectedGradientDescent
 
     class LeanApgd(AutoProjectedGradientDescent):
         def is_lean(self, mask=None) -> bool:
