@@ -277,8 +277,14 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "forward-only image it took, counted in an untimed run of the same sweep, times plain PyTorch's per-image "
         "time at a full batch on the sweep's own module, timed right before each cell. Attack = the attack and "
         "probe cells' seconds; wall = the whole in-process call (report off). The patch has no such limit (its "
-        "cost is ART's image transforms), so the standard suite runs without it. On a GPU the same command "
-        "measures there, at the GPU's batch size.",
+        "cost is ART's image transforms), so the standard suite runs without it. The everyday sweep is FGSM + "
+        "PGD-40 (Linf) over the quick suite's 6 eps with --probe 0; its start-up row runs it as a command: wall "
+        'time less its cells\' seconds (results.csv) less `python -c "import torch"` timed in the same round. '
+        "On a GPU the same command measures there, at the GPU's batch size.",
+        "Autoattack section: the official AutoAttack (github.com/fra31/auto-attack, version standard, FAB-T "
+        "included; run from AUTOATTACK_PATH, a reference, not a dependency), ART's AutoAttack (its defaults) and "
+        "torchattacks' AutoAttack (version standard) attack the sweep's own n test images at the dataset's eps, "
+        "each once (ART's takes minutes); each figure is the accuracy it leaves.",
         "Training section: one epoch of a fresh run per method (eps_warmup 0), the training part timed apart "
         "from the per-epoch validation. The ideals count an attack step as one clean training step; an attack "
         "step is cheaper (no weight gradients, no optimiser step), so below 1x ideal means nothing is wasted.",

@@ -96,3 +96,15 @@ def test_eps_fraction_that_lands_outside_0_1_fails_when_resolved(tmp_path):
     spec = load_suite(path).attacks[0]
     with pytest.raises(UsageError, match="outside"):
         spec.grid(dataset_info("mnist5k"))
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_a_cascade_runs_black_box_attacks_after_every_white_box_one(tmp_path, cascade):
+    """Square listed first in a cascade still attacks only what the gradient attacks left: the plan puts it last;
+    without a cascade the file's order stands."""
+    entries = [("square", "square"), ("pgd", "pgd"), ("fgsm", "fgsm")]
+    body = f"cascade = {str(cascade).lower()}\n" + "".join(
+        f'[[attack]]\nname = "{name}"\ntype = "{kind}"\nnorm = "inf"\neps = [0.1]\n' for name, kind in entries
+    )
+    names = [spec.name for spec in load_suite(write_suite(tmp_path, body)).attacks]
+    assert names == (["pgd", "fgsm", "square"] if cascade else ["square", "pgd", "fgsm"])

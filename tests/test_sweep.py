@@ -405,13 +405,21 @@ def test_the_lean_pgd_gives_arts_numbers(tiny_runs, tmp_path, suite_file, monkey
 
     from robustcnn.attacks import art, pgd
 
-    suite, runs = suite_file(LEAN_SUITE), [r.path for r in tiny_runs]
-    lean = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "lean"), report=False)
-    monkeypatch.setattr(pgd, "pgd_class", lambda: ProjectedGradientDescentPyTorch)
-    monkeypatch.setattr(art, "classifier_class", lambda: PyTorchClassifier)
-    arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
+    patches = [(pgd, "pgd_class", ProjectedGradientDescentPyTorch), (art, "classifier_class", PyTorchClassifier)]
+    lean = lean_and_arts(tiny_runs, suite_file(LEAN_SUITE), tmp_path, monkeypatch, patches)
     assert (lean.kind == "attack").sum() == 2 * 7 and lean.n_correct.min() < lean.n_correct.max()
+
+
+def lean_and_arts(tiny_runs, suite: str, tmp_path, monkeypatch, patches: list) -> pd.DataFrame:
+    """The sweep's results, checked equal (seconds aside) to the same sweep with ART's own classes put back
+    (`patches`: (module, name, ART's class)); same seed, so the same random starts."""
+    runs = [r.path for r in tiny_runs]
+    lean = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "lean"), report=False)
+    for module, name, cls in patches:
+        monkeypatch.setattr(module, name, lambda cls=cls: cls)
+    arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
     pd.testing.assert_frame_equal(lean.drop(columns="seconds"), arts.drop(columns="seconds"))
+    return lean
 
 
 CASCADE_SUITE = """
@@ -449,11 +457,7 @@ def test_the_lean_apgd_and_square_give_arts_numbers(tiny_runs, tmp_path, suite_f
 
     from robustcnn.attacks import apgd, square
 
-    suite, runs = suite_file(CASCADE_SUITE), [r.path for r in tiny_runs]
-    lean = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "lean"), report=False)
-    monkeypatch.setattr(apgd, "apgd_class", lambda: AutoProjectedGradientDescent)
-    monkeypatch.setattr(square, "square_class", lambda: SquareAttack)
-    arts = robustcnn.sweep(runs, suite=suite, n=60, out=str(tmp_path / "art"), report=False)
+    patches = [(apgd, "apgd_class", AutoProjectedGradientDescent), (square, "square_class", SquareAttack)]
+    lean = lean_and_arts(tiny_runs, suite_file(CASCADE_SUITE), tmp_path, monkeypatch, patches)
     attacked = lean[lean.kind == "attack"]
     assert len(attacked) == 2 * 3 * 2 and attacked.n_correct.min() < attacked.n_correct.max()
-    pd.testing.assert_frame_equal(lean.drop(columns="seconds"), arts.drop(columns="seconds"))

@@ -1,7 +1,9 @@
 """apgd-ce, apgd-dlr, apgd-t: Croce & Hein (2020), step-size-free PGD, the white-box half of AutoAttack
-(ART `AutoProjectedGradientDescent`). DLR is invariant to the logits' scale, which defeats some
-gradient masking that fools cross-entropy. Every iterate counts (AutoAttack's rule): an example is broken
-when any point APGD evaluated inside the ball is misclassified, not only the one ART returns.
+(ART `AutoProjectedGradientDescent`, its iterations done lean: attacks/lean_apgd.py, ART's results bit for bit).
+DLR is invariant to the logits' scale, which defeats some gradient masking that fools cross-entropy. Every iterate
+counts (AutoAttack's rule): an example is broken when any point APGD evaluated inside the ball is misclassified,
+not only the one ART returns; the lean loop checks each point as it evaluates it and stops attacking an example at
+its first misclassified point (where EOT or BPDA wrap ART's gradient, ART's own loop runs, under the forward hook).
 
 DLR needs 3 classes (ART's form, -(z_y - z_i) / (z_pi1 - z_pi3)): on a model with fewer, apgd-dlr and apgd-t use
 cross-entropy instead, said in the manifest and in the rows' params ("loss": "ce").

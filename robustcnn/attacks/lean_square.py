@@ -165,12 +165,9 @@ def _linf_query(attack, x_robust: np.ndarray, x_init: np.ndarray, percentage_of_
     channels, height, width = x_robust.shape[1:]
     eps = attack.eps
     height_tile = max(int(round(math.sqrt(percentage_of_elements * height * width))), 1)
-    height_mid = np.random.randint(0, height - height_tile)
-    width_start = np.random.randint(0, width - height_tile)
-    delta_new = np.zeros(attack.estimator.input_shape)
-    delta_new[:, height_mid : height_mid + height_tile, width_start : width_start + height_tile] = np.random.choice(
-        [-2 * eps, 2 * eps], size=[channels, 1, 1]
-    )
+    delta_new = np.zeros((1, *attack.estimator.input_shape))  # ART's (C, H, W), with a batch axis for the tile
+    delta_new[_random_tile(height, width, height_tile)] = np.random.choice([-2 * eps, 2 * eps], size=[channels, 1, 1])
+    delta_new = delta_new[0]
     x_robust_new = np.minimum(np.maximum(x_robust + delta_new, x_init - eps), x_init + eps)
     low, high = attack.estimator.clip_values
     return np.clip(x_robust_new, a_min=low, a_max=high).astype(ART_NUMPY_DTYPE)
@@ -223,6 +220,13 @@ def _l2_start(attack, x_robust: np.ndarray) -> np.ndarray:
     return np.clip(x_robust + scaled, low, high)
 
 
+def _random_tile(height: int, width: int, side: int) -> tuple[slice, ...]:
+    """ART's draw of a square's place (its top row, then its left column) as an index of (n, C, H, W) arrays."""
+    top = np.random.randint(0, height - side)
+    left = np.random.randint(0, width - side)
+    return (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
+
+
 def _l2_query(attack, x_robust: np.ndarray, x_init: np.ndarray, percentage_of_elements: float) -> np.ndarray:
     channels, height, width = x_robust.shape[1:]
     eps = attack.eps
@@ -231,17 +235,11 @@ def _l2_query(attack, x_robust: np.ndarray, x_init: np.ndarray, percentage_of_el
     if height_tile % 2 == 0:
         height_tile += 1
     height_tile_2 = height_tile
-    height_start = np.random.randint(0, height - height_tile)
-    width_start = np.random.randint(0, width - height_tile)
-    tile = (slice(None), slice(None), slice(height_start, height_start + height_tile),
-            slice(width_start, width_start + height_tile))  # fmt: skip
+    tile = _random_tile(height, width, height_tile)
     new_deltas_mask = np.zeros(x_init.shape)
     new_deltas_mask[tile] = 1.0
     w_1_norm = np.sqrt(np.sum(delta_x_robust_init[tile] ** 2, axis=(2, 3), keepdims=True))
-    height_2_start = np.random.randint(0, height - height_tile_2)
-    width_2_start = np.random.randint(0, width - height_tile_2)
-    tile_2 = (slice(None), slice(None), slice(height_2_start, height_2_start + height_tile_2),
-              slice(width_2_start, width_2_start + height_tile_2))  # fmt: skip
+    tile_2 = _random_tile(height, width, height_tile_2)
     new_deltas_mask_2 = np.zeros(x_init.shape)
     new_deltas_mask_2[tile_2] = 1.0
     norms_x_robust = np.sqrt(np.sum((x_robust - x_init) ** 2, axis=(1, 2, 3), keepdims=True))

@@ -1,7 +1,8 @@
 """square: Andriushchenko et al. (2020), a score-based black-box attack (ART `SquareAttack`).
 
 It uses only the model's outputs, so when it beats the white-box attacks the gradients are lying
-(gradient masking). Its cost is in queries: one forward pass of the batch per query (README, "Benchmarks").
+(gradient masking). Its cost is in queries: one forward pass of the examples still correct per query
+(attacks/lean_square.py: ART's numbers from the same seed, without ART's two other passes per query).
 
 Not batch-independent: ART draws one square (position and size) per iteration for the whole batch, from numpy's
 global generator, so an example's result depends on the other examples of its batch and on the batch size (a

@@ -2,7 +2,8 @@
 
     description = "what it is for and what it costs"
     n = 500                           # test images, unless --n says otherwise
-    cascade = false                   # true: each attack only on what every earlier one (same norm) left
+    cascade = false                   # true: each attack only on what every earlier one (same norm) left;
+                                      # black-box attacks (Square) then run after all white-box ones
     draws = 1                         # a model random at test time is right where a majority of this many passes are
     reference_eps = "8/255"           # the headline's eps: one Linf number, or {inf = "8/255", 2 = 0.5}
     [[attack]]
@@ -200,11 +201,19 @@ def parse_suite(data: dict[str, Any], path: Path, text: str = "") -> Suite:
     cascade = data.get("cascade", False)
     if not isinstance(cascade, bool):
         raise UsageError(f"{where}cascade = {cascade!r} is not allowed; it must be true or false")
+    if cascade:
+        attacks = by_cost(attacks)
     reference = _reference_eps(data.get("reference_eps"), where)
     draws = data.get("draws", 1)
     if not isinstance(draws, int) or isinstance(draws, bool) or not 1 <= draws <= MAX_DRAWS:
         raise UsageError(f"{where}draws = {draws!r} is not allowed; it must be a whole number from 1 to {MAX_DRAWS}")
     return Suite(path.stem, path, description, n, reference, attacks, text, cascade, draws)
+
+
+def by_cost(attacks: tuple[AttackSpec, ...]) -> tuple[AttackSpec, ...]:
+    """A cascade's order: the white-box attacks first, in the file's order, then the black-box ones (Square), which
+    cost thousands of queries per example, so they attack only what every gradient attack left."""
+    return tuple(sorted(attacks, key=lambda spec: spec.attack_class.box == "black"))
 
 
 def _reference_eps(value: Any, where: str) -> dict[Norm, float]:
