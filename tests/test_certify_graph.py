@@ -132,9 +132,14 @@ def _check_bounds_hold(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     assert (crown.upper - crown.lower < ibp.upper - ibp.lower - 1e-6).any()  # crown does something on graphs too
 
 
+ROUNDING = 1e-13  # relative to the largest bound: a few hundred float64 ulps
+
+
 def test_the_graph_path_gives_a_chain_the_bounds_it_had_before_graphs_bit_for_bit():
     """tests/data/chain_bounds.npz holds what the Sequential-only implementation gave. L2 interval bounds now start
-    from the ball (tighter, never looser); everything else must be the same bits."""
+    from the ball (tighter, never looser); everything else must be the same numbers: bit for bit on the machine that
+    wrote the file, within float64 rounding (ROUNDING, relative) on a CPU whose BLAS rounds the last bit otherwise
+    (measured: 60 of 60 arrays off by at most 9e-16 on another 2-core EPYC). A change of method moves bounds far more."""
     data = np.load(Path(__file__).parent / "data" / "chain_bounds.npz")
     tighter = 0
     for name, model in chains().items():
@@ -146,11 +151,15 @@ def test_the_graph_path_gives_a_chain_the_bounds_it_had_before_graphs_bit_for_bi
                 box = bounds(model, x, eps, norm, method, y=y if labelled else None, num_classes=10)
                 key = f"{name}/{method}/{norm.value}/{eps}/{'margins' if labelled else 'logits'}"
                 lower, upper = data[f"{key}/lower"], data[f"{key}/upper"]
+                slack = ROUNDING * max(np.abs(lower).max(), np.abs(upper).max())
                 if method == "ibp" and norm is Norm.L2:
-                    assert (box.lower.numpy() >= lower).all() and (box.upper.numpy() <= upper).all(), key
+                    assert (box.lower.numpy() >= lower - slack).all() and (box.upper.numpy() <= upper + slack).all(), (
+                        key
+                    )
                     tighter += int((box.lower.numpy() > lower + 1e-9).any())
                 else:
-                    assert np.array_equal(box.lower.numpy(), lower) and np.array_equal(box.upper.numpy(), upper), key
+                    assert np.abs(box.lower.numpy() - lower).max() <= slack, key
+                    assert np.abs(box.upper.numpy() - upper).max() <= slack, key
     assert tighter >= 8  # the ball lifted the L2 interval bounds of most chains
 
 

@@ -1,16 +1,17 @@
 """ART's APGD (`AutoProjectedGradientDescent`) with its iterations done lean: ART's results bit for bit on CPU.
 
 Per iteration ART takes the loss gradient at x_k (a forward and a backward pass) and then the loss at the next
-point x_k+1 (another forward pass), whose gradient it takes at the next iteration (a third pass over the same point),
-all through numpy copies of the batch. Here one forward and backward pass at each new point gives both its loss and
-its gradient (the gradient of the best point is kept for when APGD moves back to it), so an iteration costs one pass
-instead of a pass and a half, and the step, clipping and projection run on the batch's device, in place, in ART's
+point x_k+1 (a forward pass), whose gradient it takes at the next iteration (a second forward pass over the same
+point), all through numpy copies of the batch. Here one forward and backward pass at each new point gives both its
+loss and its gradient (the gradient of the best point is kept for when APGD moves back to it), so an iteration costs
+one forward pass less, and the step, clipping and projection run on the batch's device, in place, in ART's
 order of float32 operations. The restarts and random starts are ART's code (`random_sphere`, so per-example starts
 still apply). tests/test_lean_attacks.py compares the results with ART's own class, restarts and targets included.
 
 Every iterate: given `true_labels`, the loop sees each point's prediction from the pass it makes anyway, keeps the
 first point misclassified for each example (AutoAttack's rule) and stops attacking that example (early exit), so it
-needs no forward hook. Each example's numbers are its own, so the others' do not change, with two provisos: a pass
+needs no forward hook. Each example's numbers are its own (its gradient takes ART's 1 / batch share of the mean loss,
+however many rows are left), so the others' do not change, with two provisos: a pass
 never runs on fewer than MIN_ROWS rows (PyTorch's kernels round otherwise in small batches), and ART stops a batch
 when every loss in it is exactly 0, a test that now sees fewer examples.
 

@@ -165,8 +165,9 @@ def _linf_query(attack, x_robust: np.ndarray, x_init: np.ndarray, percentage_of_
     channels, height, width = x_robust.shape[1:]
     eps = attack.eps
     height_tile = max(int(round(math.sqrt(percentage_of_elements * height * width))), 1)
+    tile = _random_tile(height, width, height_tile)  # drawn before the signs, as in ART
     delta_new = np.zeros((1, *attack.estimator.input_shape))  # ART's (C, H, W), with a batch axis for the tile
-    delta_new[_random_tile(height, width, height_tile)] = np.random.choice([-2 * eps, 2 * eps], size=[channels, 1, 1])
+    delta_new[tile] = np.random.choice([-2 * eps, 2 * eps], size=[channels, 1, 1])
     delta_new = delta_new[0]
     x_robust_new = np.minimum(np.maximum(x_robust + delta_new, x_init - eps), x_init + eps)
     low, high = attack.estimator.clip_values
