@@ -139,7 +139,7 @@ def test_the_graph_path_gives_a_chain_the_bounds_it_had_before_graphs_bit_for_bi
     """tests/data/chain_bounds.npz holds what the Sequential-only implementation gave. L2 interval bounds now start
     from the ball (tighter, never looser); everything else must be the same numbers: bit for bit on the machine that
     wrote the file, within float64 rounding (ROUNDING, relative) on a CPU whose BLAS rounds the last bit otherwise
-    (measured: 60 of 60 arrays off by at most 9e-16 on another 2-core EPYC). A change of method moves bounds far more."""
+    (measured: 60 of 60 arrays off by at most 9e-16 on another 2-core EPYC)."""
     data = np.load(Path(__file__).parent / "data" / "chain_bounds.npz")
     tighter = 0
     for name, model in chains().items():
