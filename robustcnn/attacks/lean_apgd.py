@@ -104,14 +104,12 @@ def _generate(attack, x: np.ndarray, y: np.ndarray, true_labels: np.ndarray | No
     estimator = attack.estimator
     y = check_and_transform_label_format(y, nb_classes=estimator.nb_classes)
     x_adv = x.astype(ART_NUMPY_DTYPE)
-    found = np.zeros(len(x), dtype=bool)  # examples with a misclassified iterate (`true_labels` given)
     for _ in range(max(1, attack.nb_random_init)):
         y_pred = estimator.predict(x_adv)
         if attack.targeted:
             sample_is_robust = np.argmax(y_pred, axis=1) != np.argmax(y, axis=1)
         else:
             sample_is_robust = np.argmax(y_pred, axis=1) == np.argmax(y, axis=1)
-        sample_is_robust &= ~found
         if np.sum(sample_is_robust) == 0:
             break
         rows = np.flatnonzero(sample_is_robust)
@@ -126,22 +124,21 @@ def _generate(attack, x: np.ndarray, y: np.ndarray, true_labels: np.ndarray | No
         for start in range(0, n, attack.batch_size):
             part = slice(start, start + attack.batch_size)
             labels = None if true_labels is None else true_labels[rows[part]]
-            x_k, replace, broken = _batch(attack, x_robust[part], x_init[part], y_robust[part], labels)
-            x_robust[part][replace] = x_k[replace]
-            found[rows[part][broken]] = True
+            x_k, replace = _batch(attack, x_robust[part], x_init[part], y_robust[part], labels)
+            x_robust[part][replace] = x_k[replace]  # a found iterate is misclassified: the next restart skips it
         x_adv[sample_is_robust] = x_robust
     return x_adv
 
 
 def _batch(attack, x_k: np.ndarray, x_init: np.ndarray, y: np.ndarray, true_labels: np.ndarray | None):
-    """ART's iterations over one batch: (the final points, which of them ART keeps (misclassified, or for a targeted
-    attack classified as the target), which are a misclassified iterate of `true_labels`)."""
+    """ART's iterations over one batch: (the final points, or each example's first iterate misclassified for its
+    `true_labels`; which of them ART keeps: misclassified, or for a targeted attack classified as the target)."""
     estimator = attack.estimator
     device = estimator._device
     loop = _Loop(attack, torch.from_numpy(x_init).to(device), torch.from_numpy(y).to(device))
     watch = None if true_labels is None else torch.from_numpy(np.asarray(true_labels)).to(device)
     state = loop.run(torch.tensor(x_k, device=device), watch)  # a copy: the loop writes into its points
-    return state.x.cpu().numpy(), state.keep.cpu().numpy(), state.found.cpu().numpy()
+    return state.x.cpu().numpy(), state.keep.cpu().numpy()
 
 
 @dataclass
