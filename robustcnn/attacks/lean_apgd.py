@@ -153,7 +153,7 @@ class _Loop:
 
     def __init__(self, attack, x_init: torch.Tensor, y: torch.Tensor):
         self.attack, self.estimator = attack, attack.estimator
-        self.x_init, self.y = x_init, y
+        self.x_init = x_init
         self.batch = len(x_init)  # the rows ART's loss averages over
         self.labels = self.estimator.reduce_labels(y)  # what ART's loss takes: class indices (CE) or one-hot (DLR)
         self.target = y.argmax(1)  # ART's `np.argmax(y_batch, axis=1)`
