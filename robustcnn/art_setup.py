@@ -82,8 +82,8 @@ class LazyArtPackages(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname != "art" and not fullname.startswith("art."):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and fullname == ART_PGD_NUMPY:
-            spec.loader = TruncnormDeferred(spec.loader)
+        if spec is not None and fullname in SCIPY_DEFERRED:
+            spec.loader = ScipyDeferred(spec.loader, *SCIPY_DEFERRED[fullname])
             return spec
         if spec is None or not spec.submodule_search_locations or not str(spec.origin).endswith("__init__.py"):
             return None  # a plain module: imported as always
@@ -125,45 +125,54 @@ class LazyPackage(types.ModuleType):
         return value
 
 
-ART_PGD_NUMPY = "art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_numpy"
+# ART modules that import a scipy name at the top that robustcnn's use of them never calls, or calls rarely: the
+# module it comes from costs more than the rest of the sweep's start-up (scipy.stats ~0.5-1 s, scipy.special ~0.25 s).
+# ART's PGD takes truncnorm only with `random_eps=True` (never set here); art.utils takes gammainc only for random
+# starts in an L2 ball (`random_sphere`).
+SCIPY_DEFERRED = {
+    "art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_numpy": ("scipy.stats", "truncnorm"),
+    "art.utils": ("scipy.special", "gammainc"),
+}
 
 
-class TruncnormDeferred(importlib.abc.Loader):
-    """Loads ART's PGD base module with `from scipy.stats import truncnorm` answered by a stand-in that imports
-    scipy.stats when first used. scipy.stats costs ~0.5-1 s to import, and ART's PGD uses truncnorm only with
-    `random_eps=True`, which robustcnn never sets. The stand-in is in sys.modules only while that one module runs."""
+class ScipyDeferred(importlib.abc.Loader):
+    """Loads an ART module (`SCIPY_DEFERRED`) with its `from scipy.X import NAME` answered by a stand-in that imports
+    scipy.X when first used. The stand-in module is in sys.modules only while that one module runs."""
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, module: str, name: str):
+        self.loader, self.module, self.name = loader, module, name
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        if "scipy.stats" in sys.modules:
+        if self.module in sys.modules:
             self.loader.exec_module(module)
             return
-        stand_in = types.ModuleType("scipy.stats")
-        stand_in.truncnorm = _Deferred("truncnorm")
-        sys.modules["scipy.stats"] = stand_in
+        stand_in = types.ModuleType(self.module)
+        setattr(stand_in, self.name, _Deferred(self.module, self.name))
+        sys.modules[self.module] = stand_in
         try:
             self.loader.exec_module(module)
         finally:
-            if sys.modules.get("scipy.stats") is stand_in:
-                del sys.modules["scipy.stats"]
+            if sys.modules.get(self.module) is stand_in:
+                del sys.modules[self.module]
 
 
 class _Deferred:
-    """scipy.stats.NAME, imported on first use."""
+    """MODULE.NAME, imported on first use."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
 
     def __call__(self, *args, **kwargs):
-        return getattr(importlib.import_module("scipy.stats"), self.name)(*args, **kwargs)
+        return self._target()(*args, **kwargs)
 
     def __getattr__(self, attribute: str):
-        return getattr(getattr(importlib.import_module("scipy.stats"), self.name), attribute)
+        return getattr(self._target(), attribute)
+
+    def _target(self):
+        return getattr(importlib.import_module(self.module), self.name)
 
 
 @functools.cache

@@ -23,12 +23,14 @@ Numbers are never touched, so -0.5 stays a number.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -582,13 +584,22 @@ def csv_value(text: str) -> str:
     return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_START) else text
 
 
-def results_csv(frame) -> str:
-    """results.csv's text for a results DataFrame: text cells through `csv_text`, number columns as they are."""
-    frame = frame.copy()
-    for column in frame.columns:
-        if frame[column].dtype.kind not in "biuf":
-            frame[column] = frame[column].map(lambda v: csv_text(v) if isinstance(v, str) else v)
-    return frame.to_csv(index=False)
+def results_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """results.csv's text for results rows (`COLUMNS`), as pandas' `to_csv` writes them: a number as Python writes
+    it (repr: shortest round-trip), NaN and None as an empty cell, text cells through `csv_text`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows([_csv_cell(row[column]) for column in COLUMNS] for row in rows)
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return csv_text(value)
+    return repr(float(value)) if isinstance(value, float) else value
 
 
 def results_path(out: str | Path) -> Path:

@@ -20,8 +20,9 @@ import robustcnn.report
 from robustcnn.cli import run_main
 from robustcnn.errors import EXIT_USAGE, UsageError
 from robustcnn.report.__main__ import main
+from robustcnn.report.entries import reference_eps
 from robustcnn.report.format import format_eps, markdown_escape
-from robustcnn.report.load import normalize_results, reference_eps
+from robustcnn.report.load import normalize_results
 from robustcnn.report.plots import nice_ticks
 from robustcnn.report.tables import headline
 from robustcnn.results import COLUMNS, Manifest, ModelEntry, file_stem

@@ -9,21 +9,20 @@ robustcnn.results): no torch, so it renders in about a second and re-runs on old
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from robustcnn.results import Check, Manifest, Status
 
-from robustcnn.errors import UsageError
-from robustcnn.fileio import write_json, write_text
-from robustcnn.report.checks import Check, Status, run_checks
-from robustcnn.report.comparisons import comparisons
-from robustcnn.report.load import SweepData, as_manifest, load_sweep, model_entries, normalize_results
-from robustcnn.report.render import checks_json, render_html, render_markdown
-from robustcnn.report.tables import headline, text_table
-from robustcnn.results import CHECKS_FILE, COMPARISONS_FILE, REPORT_FILE, SUMMARY_FILE, Manifest
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["Check", "Status", "Written", "report", "summary_table", "write_report"]
+# The report's modules (pandas, jinja2, Pillow) are imported where they are used, not here: the sweep command prints
+# its terminal table through `summary_of_rows` and would otherwise pay ~0.7 s of start-up for imports it never uses.
+
+__all__ = ["Check", "Status", "Written", "report", "summary_of_rows", "summary_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,15 @@ def report(out_dir: str | Path, baseline: str | None = None) -> Path:
 
 def write_report(out_dir: str | Path, baseline: str | None = None) -> Written:
     """`report`, also returning the terminal table and the checks (what the CLI prints)."""
+    from robustcnn.errors import UsageError
+    from robustcnn.fileio import write_json, write_text
+    from robustcnn.report.checks import run_checks
+    from robustcnn.report.comparisons import comparisons
+    from robustcnn.report.load import load_sweep
+    from robustcnn.report.render import checks_json, render_html, render_markdown
+    from robustcnn.report.tables import headline, text_table
+    from robustcnn.results import CHECKS_FILE, COMPARISONS_FILE, REPORT_FILE, SUMMARY_FILE
+
     data = load_sweep(out_dir)
     table = headline(data.results, data.models, data.manifest)
     found = run_checks(data.results, data.models)
@@ -76,13 +84,29 @@ def summary_table(source: str | Path | pd.DataFrame, manifest: Manifest | dict |
     `source` is a sweep directory or a results table (e.g. the sweep's rows so far); with a table, pass
     the manifest (a `Manifest`, or manifest.json's object) to use its reference eps.
     """
+    import pandas as pd
+
+    from robustcnn.report.entries import model_entries
+    from robustcnn.report.load import SweepData, as_manifest, load_sweep, normalize_results
+    from robustcnn.report.tables import headline, text_table
+
     if isinstance(source, pd.DataFrame):
         results = normalize_results(source, "results table")
         manifest = as_manifest(manifest)
-        data = SweepData(Path("."), results, manifest, model_entries(manifest, results))
+        data = SweepData(Path("."), results, manifest, model_entries(manifest, pd.unique(results["model"])))
     else:
         data = load_sweep(source)
     return text_table(headline(data.results, data.models, data.manifest))
+
+
+def summary_of_rows(rows: Iterable[Mapping[str, Any]], manifest: Manifest) -> str:
+    """`summary_table` of the rows a sweep has just written to results.csv (its own, so already in the form
+    `report.load` gives them), without pandas: what the sweep command prints without a report."""
+    from robustcnn.report.entries import model_entries
+    from robustcnn.report.tables import headline, headline_rows, text_table
+
+    records = headline_rows(rows)
+    return text_table(headline(records, model_entries(manifest, (r["model"] for r in records)), manifest))
 
 
 from robustcnn.callable_module import make_callable  # noqa: E402 - after `report` exists

@@ -16,8 +16,6 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from robustcnn.results import Adaptation, Check, ModelEntry, RowKind, Status, Technique
 
 RANDOMNESS, MASKING = "randomness", "masked gradients"  # the defences, as the report names them
@@ -178,11 +176,12 @@ def attacked(rows: Iterable[Mapping[str, Any]]) -> set[str]:
     return {row["attack"] for row in rows if row["kind"] == RowKind.ATTACK}
 
 
-def evaluations(results: pd.DataFrame, models: Mapping[str, ModelEntry]) -> dict[str, Evaluation]:
-    """`evaluate` for every model of the results, by id, in results order (an entry with defaults where none)."""
-    rows = results.loc[results["kind"] == RowKind.ATTACK.value, ["model", "attack"]]
-    names = rows.groupby("model", sort=False)["attack"].agg(set).to_dict()
-    return {
-        model: evaluate(models.get(model) or ModelEntry(id=model), names.get(model, set()))
-        for model in pd.unique(results["model"])
-    }
+def evaluations(rows: Iterable[Mapping[str, Any]], models: Mapping[str, ModelEntry]) -> dict[str, Evaluation]:
+    """`evaluate` for every model of the rows (records of results.csv with model, kind and attack), by id, in row
+    order (an entry with defaults where `models` has none)."""
+    names: dict[str, set[str]] = {}
+    for row in rows:
+        attacks = names.setdefault(row["model"], set())
+        if row["kind"] == RowKind.ATTACK:
+            attacks.add(row["attack"])
+    return {model: evaluate(models.get(model) or ModelEntry(id=model), found) for model, found in names.items()}

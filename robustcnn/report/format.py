@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
-
-import pandas as pd
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~$])")  # what changes meaning inside a line (names never start one)
 
@@ -29,7 +28,7 @@ def format_eps(eps: Any) -> str:
 
 def pct(value: Any, ci: bool = False, digits: int = 1) -> str:
     """0.953 -> "95.3%"; a results row with ci=True -> "95.3% [93.1, 96.9]"."""
-    if isinstance(value, (Mapping, pd.Series)):
+    if isinstance(value, Mapping) or _is_series(value):
         text = pct(value["accuracy"], digits=digits)
         return f"{text} [{value['ci_low'] * 100:.{digits}f}, {value['ci_high'] * 100:.{digits}f}]" if ci else text
     value = float(value)
@@ -46,3 +45,9 @@ def describe_point(row: Mapping[str, Any]) -> str:
 def markdown_escape(text: Any) -> str:
     """User text as literal Markdown: punctuation backslash-escaped, one line (so `|` can't split a table)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _is_series(value: Any) -> bool:
+    """A pandas row, without importing pandas (the sweep command's summary runs without it)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.Series)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from robustcnn.errors import UsageError
+from robustcnn.report.entries import NORMS, model_entries
 from robustcnn.results import (
     COLUMNS,
     MANIFEST_FILE,
@@ -27,14 +28,12 @@ from robustcnn.results import (
     csv_value,
     wilson_interval,
 )
-from robustcnn.threat import parse_eps
 
 KINDS = tuple(kind.value for kind in RowKind)
 REQUIRED = ("model", "kind", "attack", "eps", "n", "n_correct", "accuracy")  # the report cannot guess these
 NUMERIC = ("eps", "scale", "n", "n_correct", "accuracy", "ci_low", "ci_high", "target_success", "seconds")
 _MISSING = {"", "nan", "na", "none", "null"}  # cells that mean "no value" (pandas writes NaN as "")
 _UNIT = ("accuracy", "ci_low", "ci_high", "target_success", "scale")  # fractions in [0, 1]; the rest only >= 0
-_NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": "2", "2.0": "2", "l2": "2"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def load_sweep(out_dir: str | Path) -> SweepData:
         raise UsageError(f"sweep directory {str(out_dir)!r} does not exist; pass the --out of a finished sweep")
     results = normalize_results(read_results(out_dir / RESULTS_FILE))
     manifest = read_manifest(out_dir / MANIFEST_FILE)
-    return SweepData(out_dir, results, manifest, model_entries(manifest, results))
+    return SweepData(out_dir, results, manifest, model_entries(manifest, pd.unique(results["model"])))
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -88,7 +87,7 @@ def normalize_results(frame: pd.DataFrame, source: str = RESULTS_FILE) -> pd.Dat
     for column in NUMERIC:
         frame[column] = _numbers(frame[column], column, source)
     _check_kinds(frame, source)
-    frame["norm"] = frame["norm"].str.strip().str.lower().map(lambda v: _NORMS.get(v, v))
+    frame["norm"] = frame["norm"].str.strip().str.lower().map(lambda v: NORMS.get(v, v))
     frame["box"] = frame["box"].str.strip().str.lower()
     frame.loc[frame["attack_type"] == "", "attack_type"] = frame["attack"]
     frame["is_patch"] = (frame["attack_type"] == "patch") | (frame["eps"].isna() & frame["scale"].notna())
@@ -178,42 +177,6 @@ def as_manifest(data: Manifest | dict[str, Any] | None) -> Manifest | None:
     if not isinstance(raw, list) or not all(isinstance(e, dict) and "id" in e for e in raw):
         raise UsageError(f"{MANIFEST_FILE}: 'models' must be a list of objects with an 'id'; got {_short(raw)}")
     return Manifest.from_json(data)
-
-
-def model_entries(manifest: Manifest | None, results: pd.DataFrame) -> dict[str, ModelEntry]:
-    """Manifest entries by model id, for every model in the results (one with every default where it has none)."""
-    by_id = {entry.id: entry for entry in manifest.models} if manifest is not None else {}
-    return {model: by_id.get(model) or ModelEntry(id=model) for model in pd.unique(results["model"])}
-
-
-def reference_eps(manifest: Manifest | None, entry: ModelEntry, norm: str) -> float | None:
-    """The eps the headline reports for `norm`: what the sweep decided (`HeadlineEps` in the model's entry).
-
-    Sweeps made before it decided: the suite's `reference_eps` (one number or a table by norm), else the
-    model's threat model eps for its own norm; None when neither applies (the headline then says so).
-    """
-    if entry.headline is not None:
-        return entry.headline.reference_eps.get(norm)
-    given = manifest.suite.get("reference_eps") if manifest is not None else None
-    if isinstance(given, dict):
-        given = {_NORMS.get(str(k).lower(), str(k)): v for k, v in given.items()}.get(norm)
-    value = _eps_or_none(given)
-    if value is not None:
-        return value
-    threat = entry.threat_model
-    if threat is not None and norm in ("", _NORMS.get(str(threat.get("norm", "")).lower(), "")):
-        return _eps_or_none(threat.get("eps"))
-    return None
-
-
-def _eps_or_none(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        eps = parse_eps(value)
-    except UsageError:
-        return None
-    return eps if math.isfinite(eps) else None
 
 
 def _short(value: Any) -> str:

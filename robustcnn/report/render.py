@@ -17,8 +17,9 @@ from robustcnn.report.adaptive import NOT_ADAPTIVE, Evaluation, evaluations
 from robustcnn.report.bracket import bracket
 from robustcnn.report.checks import DOCS, Check, Status, counts, titles
 from robustcnn.report.comparisons import Comparisons
+from robustcnn.report.entries import reference_eps
 from robustcnn.report.format import format_eps, markdown_escape, pct
-from robustcnn.report.load import SweepData, reference_eps
+from robustcnn.report.load import SweepData
 from robustcnn.report.matrix import MARKS, check_matrix
 from robustcnn.report.plots import Curve, Panel, figure_svg, model_styles, series_css, series_defs, swatch
 from robustcnn.report.tables import Headline, markdown_table
@@ -210,7 +211,11 @@ def smoothing_section(data: SweepData, styles: dict) -> dict[str, Any] | None:
 
 def adaptive_section(data: SweepData) -> list[Evaluation]:
     """The models whose attacks were adapted, judged over several draws or met a defence; [] when none was."""
-    return [found for found in evaluations(data.results, data.models).values() if found.shown]
+    return [
+        found
+        for found in evaluations(data.results[["model", "kind", "attack"]].to_dict("records"), data.models).values()
+        if found.shown
+    ]
 
 
 def patch_sections(data: SweepData, styles: dict) -> list[dict[str, Any]]:

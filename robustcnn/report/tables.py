@@ -10,14 +10,14 @@ robust numbers are upper bounds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-
-import pandas as pd
+from typing import Any
 
 from robustcnn.report.adaptive import NOT_ADAPTIVE, evaluations
+from robustcnn.report.entries import reference_eps
 from robustcnn.report.format import format_eps, markdown_escape, pct
-from robustcnn.report.load import reference_eps
 from robustcnn.results import Manifest, ModelEntry, RowKind
 
 WORST = RowKind.WORST_CASE.value
@@ -74,20 +74,49 @@ class Headline:
 
 
 HEADLINE_COLUMNS = ["model", "kind", "attack", "norm", "eps", "is_patch", "accuracy", "ci_low", "ci_high"]
+ROW_KEY = ("model", "kind", "attack", "eps", "scale")  # a row's place; a re-run cell's row replaces the one before
 
 
-def headline(results: pd.DataFrame, models: dict[str, ModelEntry], manifest: Manifest | None) -> Headline:
-    results = results[HEADLINE_COLUMNS]  # a narrow copy: each group below copies every column
+def headline_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A sweep's own results rows (canonical already: `results.COLUMNS`, NaN for no number) as `headline` reads
+    them: `is_patch` decided as `report.load` decides it, the last row of each place kept, in first-seen order."""
+    kept: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        eps, scale = float(row["eps"]), float(row["scale"])
+        patch = row["attack_type"] == "patch" or (math.isnan(eps) and not math.isnan(scale))
+        record = {column: row[column] for column in HEADLINE_COLUMNS if column != "is_patch"}
+        key = tuple(_key_value(row[column]) for column in ROW_KEY)
+        kept.pop(key, None)  # pandas' drop_duplicates(keep="last") keeps the last row at its own position
+        kept[key] = {**record, "eps": eps, "is_patch": patch}
+    return list(kept.values())
+
+
+def _key_value(value: Any) -> Any:
+    """NaN equals NaN as a key, as in pandas' drop_duplicates."""
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+
+def headline(
+    rows: Sequence[Mapping[str, Any]] | Any, models: dict[str, ModelEntry], manifest: Manifest | None
+) -> Headline:
+    """The table from results rows as `report.load` normalises them: its DataFrame, or records with `HEADLINE_COLUMNS`
+    in file order (`headline_rows`: the sweep command's, which prints the table without importing pandas)."""
+    if hasattr(rows, "to_dict"):  # a DataFrame
+        rows = rows[HEADLINE_COLUMNS].to_dict("records")
     kinds = (RowKind.ATTACK.value, CERTIFIED, WORST)  # not the probes
-    attacked = results[results["kind"].isin(kinds) & ~results["is_patch"]]
-    names = ["clean", *pd.unique(attacked.loc[attacked["kind"] == RowKind.ATTACK.value, "attack"]).tolist()]
-    proofs = pd.unique(attacked.loc[attacked["kind"] == CERTIFIED, "attack"]).tolist()  # lower bounds, not attacks
-    worst = pd.unique(attacked.loc[attacked["kind"] == WORST, "attack"]).tolist()  # one per norm
-    names += proofs + worst
-    clean = dict(tuple(results[results["kind"] == RowKind.CLEAN.value].groupby("model", sort=False)))
-    curves = dict(tuple(attacked.groupby(["model", "attack"], sort=False)))
-    rows = []
-    for model in pd.unique(results["model"]):
+    attacked = [row for row in rows if row["kind"] in kinds and not row["is_patch"]]
+
+    def named(kind: str) -> list[str]:
+        return list(dict.fromkeys(row["attack"] for row in attacked if row["kind"] == kind))
+
+    proofs, worst = named(CERTIFIED), named(WORST)  # lower bounds, not attacks; one worst case per norm
+    names = ["clean", *named(RowKind.ATTACK.value), *proofs, *worst]
+    clean = {row["model"]: row for row in rows if row["kind"] == RowKind.CLEAN.value}  # the last one of each model
+    curves: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in attacked:
+        curves.setdefault((row["model"], row["attack"]), []).append(row)
+    table = []
+    for model in dict.fromkeys(row["model"] for row in rows):
         entry = models.get(model) or ModelEntry(id=model)
         cells = [
             _clean_cell(clean.get(model))
@@ -95,40 +124,42 @@ def headline(results: pd.DataFrame, models: dict[str, ModelEntry], manifest: Man
             else _attack_cell(curves.get((model, name)), name, entry, manifest)
             for name in names
         ]
-        rows.append((model, _mark_strongest(cells, names, set(worst) | set(proofs))))
-    columns = [_column(name, [cells[i] for _, cells in rows], name in proofs) for i, name in enumerate(names)]
-    guessed = any(cell is not None and cell.guessed for _, cells in rows for cell in cells)
-    return Headline(columns, rows, guessed, caveats(results, models))
+        table.append((model, _mark_strongest(cells, names, set(worst) | set(proofs))))
+    columns = [_column(name, [cells[i] for _, cells in table], name in proofs) for i, name in enumerate(names)]
+    guessed = any(cell is not None and cell.guessed for _, cells in table for cell in cells)
+    return Headline(columns, table, guessed, caveats(rows, models))
 
 
-def caveats(results: pd.DataFrame, models: dict[str, ModelEntry]) -> dict[str, str]:
+def caveats(rows: Sequence[Mapping[str, Any]], models: dict[str, ModelEntry]) -> dict[str, str]:
     """Per model that needs it, why its headline is "not adaptive" (the `adaptive` check's rule)."""
-    found = evaluations(results, models)
+    found = evaluations(rows, models)
     return {model: evaluation.caveat for model, evaluation in found.items() if evaluation.caveat}
 
 
-def _clean_cell(rows: pd.DataFrame | None) -> Cell | None:
-    return None if rows is None else _from_row(rows.iloc[-1], None)
+def _clean_cell(row: Mapping[str, Any] | None) -> Cell | None:
+    return None if row is None else _from_row(row, None)
 
 
-def _attack_cell(rows: pd.DataFrame | None, name: str, entry: ModelEntry, manifest: Manifest | None) -> Cell | None:
+def _attack_cell(
+    rows: list[Mapping[str, Any]] | None, name: str, entry: ModelEntry, manifest: Manifest | None
+) -> Cell | None:
     """The row at the eps the sweep chose for this column; for older sweeps the grid eps closest to the
     reference eps (a tie goes to the larger, harder eps), or the middle of the grid, marked as guessed."""
     if rows is None:
         return None
-    grid = sorted(rows["eps"].unique())
+    grid = sorted({row["eps"] for row in rows})
     decided = entry.headline
     if decided is not None and name in decided.attack_eps:
         eps, guessed = min(grid, key=lambda e: abs(e - decided.attack_eps[name])), False
     else:
-        target = reference_eps(manifest, entry, rows["norm"].iloc[0])
+        target = reference_eps(manifest, entry, rows[0]["norm"])
         guessed = target is None
         target = grid[(len(grid) - 1) // 2] if guessed else target
         eps = min(grid, key=lambda e: (abs(e - target), -e))
-    return _from_row(rows[rows["eps"] == eps].iloc[-1], eps, guessed)
+    return _from_row([row for row in rows if row["eps"] == eps][-1], eps, guessed)
 
 
-def _from_row(row: pd.Series, eps: float | None, guessed: bool = False) -> Cell:
+def _from_row(row: Mapping[str, Any], eps: float | None, guessed: bool = False) -> Cell:
     norm = str(row["norm"]) if eps is not None else ""
     return Cell(float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]), eps, guessed, norm=norm)
 

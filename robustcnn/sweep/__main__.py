@@ -80,7 +80,8 @@ MODEL_FLAGS = ("name", "weights", "model_arg", "normalize", "input_range", "outp
 
 
 def main(argv: list[str]) -> int:
-    from robustcnn.sweep import GateFailed, SweepConfig, sweep
+    from robustcnn.sweep.api import GateFailed, sweep_rows
+    from robustcnn.sweep.config import SweepConfig
     from robustcnn.sweep.subjects import models_from_command_line
 
     args = parser().parse_args(argv)
@@ -96,9 +97,9 @@ def main(argv: list[str]) -> int:
     out = given.get("out", SweepConfig.out)
     models = models_from_command_line(args.models, flags)
     try:
-        sweep(models, **given, report=False)  # the report is written here so its summary can be printed
+        rows = sweep_rows(models, **given, report=False)  # the report is written here so its summary can be printed
     except GateFailed:
-        _summarise(out, with_report, given.get("baseline"))
+        _summarise(out, with_report, given.get("baseline"), None)
         _log(tracking, out)
         raise
     except KeyboardInterrupt:
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    _summarise(out, with_report, given.get("baseline"))
+    _summarise(out, with_report, given.get("baseline"), rows)
     _log(tracking, out)
     return EXIT_OK
 
@@ -133,12 +134,13 @@ def _log(tracking, out: str) -> None:
         tracking.log(Path(out))
 
 
-def _summarise(out: str, with_report: bool, baseline: str | None) -> None:
-    """The report (when wanted) and the headline table with the checks, in the terminal."""
+def _summarise(out: str, with_report: bool, baseline: str | None, rows: list[dict] | None) -> None:
+    """The report (when wanted) and the headline table with the checks, in the terminal. `rows`: the sweep's results
+    rows, when it returned them (the table is then made without reading results.csv back, or importing pandas)."""
     import json
     from pathlib import Path
 
-    from robustcnn.report import summary_table, write_report
+    from robustcnn.report import summary_of_rows, summary_table, write_report
     from robustcnn.report.__main__ import show
     from robustcnn.results import MANIFEST_FILE, Manifest
 
@@ -150,7 +152,7 @@ def _summarise(out: str, with_report: bool, baseline: str | None) -> None:
     if with_report:
         show(write_report(out, baseline))
     else:
-        print(summary_table(out))
+        print(summary_table(out) if rows is None else summary_of_rows(rows, manifest))
 
 
 def entry() -> None:

@@ -1,4 +1,4 @@
-"""`sweep()`: attack trained models over a suite and return the tidy results as a DataFrame."""
+"""`sweep()`: attack trained models over a suite and return the tidy results as a DataFrame (`sweep_rows`: as rows)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import json
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from robustcnn.console import say
 from robustcnn.devices import resolve_device
 from robustcnn.errors import RunFailed, UsageError
 from robustcnn.fileio import TEMP_SUFFIX, is_temp, remove_stale_temps
-from robustcnn.results import MANIFEST_FILE, REPORT_FILE
+from robustcnn.results import COLUMNS, MANIFEST_FILE, REPORT_FILE
 from robustcnn.sweep.config import SweepConfig
 from robustcnn.sweep.gate import check_gates_cover, failed_gates, parse_gate
 from robustcnn.sweep.runner import Sweep, plan_grids, worst_case_name
@@ -94,6 +92,10 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> pd.DataFrame:
     """Attacks each model with every attack of the suite at every eps.
 
@@ -103,6 +105,13 @@ def sweep(models: Any, config: SweepConfig | None = None, **overrides: Any) -> p
     results go to a temporary folder and no report is written. Raises `GateFailed` when a `fail_under`
     gate is not met (after everything is written).
     """
+    import pandas as pd
+
+    return pd.DataFrame(sweep_rows(models, config, **overrides), columns=COLUMNS)
+
+
+def sweep_rows(models: Any, config: SweepConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """`sweep`, returning results.csv's rows (`results.COLUMNS`) as written, without pandas (the sweep command)."""
     if not isinstance(models, (list, tuple)):
         models = [models]
     if config is None:
@@ -155,7 +164,7 @@ def _tracking(config: SweepConfig):
     return SweepTracking.connect(config.track, config.track_uri)
 
 
-def _run(config: SweepConfig, suite, subjects, grids, gates, device, tracking) -> pd.DataFrame:
+def _run(config: SweepConfig, suite, subjects, grids, gates, device, tracking) -> list[dict[str, Any]]:
     out = prepare_out(Path(config.out))  # after every check: a refused model or suite leaves --out untouched
     runner = Sweep(config, suite, subjects, out, grids)
     runner.write_manifest_start()

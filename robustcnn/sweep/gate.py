@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import Any
 
 from robustcnn.errors import UsageError
 from robustcnn.results import RowKind
@@ -42,12 +42,14 @@ def parse_gate(text: str) -> Gate:
     return Gate(attack, None if eps is None else parse_eps(eps, f"--fail-under {text!r} eps"), minimum)
 
 
-def _matches(rows: pd.DataFrame, gate: Gate) -> pd.DataFrame:
-    probes = rows["kind"] == RowKind.PROBE.value  # a few examples, for the checks only
-    chosen = rows[(rows["attack"] == gate.attack) & ~probes]
-    if gate.eps is not None:
-        chosen = chosen[chosen["eps"].astype(float).sub(gate.eps).abs() < 1e-6]
-    return chosen
+def _matches(rows: Iterable[Mapping[str, Any]], gate: Gate) -> list[Mapping[str, Any]]:
+    return [
+        row
+        for row in rows
+        if row["attack"] == gate.attack
+        and row["kind"] != RowKind.PROBE.value  # a few examples, for the checks only
+        and (gate.eps is None or abs(float(row["eps"]) - gate.eps) < 1e-6)
+    ]
 
 
 def check_gates_cover(gates: list[Gate], planned: dict[str, dict[str, list[float]]]) -> None:
@@ -67,11 +69,12 @@ def check_gates_cover(gates: list[Gate], planned: dict[str, dict[str, list[float
                 )
 
 
-def failed_gates(results: pd.DataFrame, gates: list[Gate]) -> list[str]:
-    """One line per (model, gate) below its minimum."""
+def failed_gates(rows: Iterable[Mapping[str, Any]], gates: list[Gate]) -> list[str]:
+    """One line per (model, gate) below its minimum; `rows`: the sweep's results rows."""
+    rows = list(rows)
     failures = []
     for gate in gates:
-        for _, row in _matches(results, gate).iterrows():
+        for row in _matches(rows, gate):
             if row["accuracy"] < gate.minimum:
                 at = "" if gate.eps is None else f"@{gate.eps:g}"
                 failures.append(f"{row['model']}: {gate.attack}{at} accuracy {row['accuracy']:.4f} < {gate.minimum:g}")

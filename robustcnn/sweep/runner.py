@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from robustcnn.console import progress, say
 from robustcnn.data import file_names
 from robustcnn.errors import UsageError, last_line
 from robustcnn.fileio import atomic_path, command_line, git_sha, library_versions, machine, write_json, write_text
 from robustcnn.results import (
-    COLUMNS,
     EPS_TOLERANCE,
     MANIFEST_FILE,
     RESULTS_FILE,
@@ -81,7 +79,7 @@ class Sweep(ChainRunner):
         self.manifest = self._manifest()
 
     # --- the whole run -------------------------------------------------------------------------
-    def run(self) -> pd.DataFrame:
+    def run(self) -> list[dict[str, Any]]:
         mine = [chain for chain in self.plan if self._owns(chain)]
         total = len(self.subjects) + sum(self.cell_count(chain) for chain in mine)
         self.bar = progress(total=total, desc="cells", unit="cell", leave=True)
@@ -115,7 +113,7 @@ class Sweep(ChainRunner):
         """A shard's deterministic share: every count-th chain of the plan, so models and attacks mix."""
         return self.shard is None or chain.index % self.shard[1] == self.shard[0]
 
-    def _assemble(self) -> pd.DataFrame:
+    def _assemble(self) -> list[dict[str, Any]]:
         """Rows, worst case, gallery and manifest from every finished cell; shards read the others' cells too,
         one shard at a time, so whichever finishes last writes the complete results."""
         with self.store.lock():
@@ -238,8 +236,10 @@ class Sweep(ChainRunner):
     def _complete(self, subject: Subject) -> bool:
         return len(self.done.get(subject.id, [])) == self._cell_count(subject)
 
-    def results(self) -> pd.DataFrame:
-        """All finished rows in plan order, plus the worst case of models whose attacks are all done."""
+    def results(self) -> list[dict[str, Any]]:
+        """All finished rows (`COLUMNS`) in plan order, plus the worst case of models whose attacks are all done;
+        written to results.csv. Plain rows: the sweep command never imports pandas (`robustcnn.sweep()` makes the
+        DataFrame)."""
         rows = []
         for subject in self.subjects:
             done = self.done.get(subject.id, [])
@@ -248,9 +248,8 @@ class Sweep(ChainRunner):
             if self._complete(subject):
                 correct = done[0].cell.flags[0]
                 rows += self._probe_clean(subject, correct) + self._worst_case(subject, correct)
-        frame = pd.DataFrame(rows, columns=COLUMNS)
-        write_text(self.out / RESULTS_FILE, results_csv(frame))  # formula-like text cells quoted for spreadsheets
-        return frame
+        write_text(self.out / RESULTS_FILE, results_csv(rows))  # formula-like text cells quoted for spreadsheets
+        return rows
 
     # --- gallery, model checks, manifest -------------------------------------------------------
     def _record_model_checks(self, subject: Subject) -> None:
