@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -104,14 +105,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
+@functools.cache  # read from installed packages' metadata: ~10 ms a call, and they do not change while we run
+def _library_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return versions
+    return tuple(versions.items())
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_library_versions())
 
 
 def git_sha() -> str | None:

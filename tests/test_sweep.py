@@ -238,6 +238,47 @@ def test_gallery_and_manifest_are_written(naive_results):
         assert float(np.abs(gallery["x_adv"] - gallery["x"]).max()) <= float(gallery["eps"]) + 1e-6
 
 
+def _gallery_agrees_with_the_cells(out, model: str) -> int:
+    """The gallery's images are the first clean-correct ones, within eps, and each is fooled exactly where the
+    attack's row at that eps counts it as broken; returns how many it shows fooled."""
+    from robustcnn.outcomes import outcomes
+    from robustcnn.report.load import load_sweep
+
+    data = load_sweep(out)
+    found = outcomes(data, model)
+    with np.load(out / "gallery" / f"{model}.npz") as gallery:
+        arrays = {key: gallery[key] for key in gallery.files}
+    rows = {(r["kind"], r["attack"], r["eps"]): row for row, r in found.records.items()}
+    clean = found.correct(rows[("clean", "clean", 0.0)])
+    robust = found.correct(rows[("attack", str(arrays["attack"]), float(arrays["eps"]))])
+    index = np.flatnonzero(clean)[: len(arrays["y"])]
+    assert len(index) == 8 and np.abs(arrays["x_adv"] - arrays["x"]).max() <= float(arrays["eps"]) + 1e-6
+    assert ((arrays["x_adv"] >= 0) & (arrays["x_adv"] <= 1)).all()
+    assert np.array_equal(arrays["pred_adv"] == arrays["y"], robust[index])
+    return int((arrays["pred_adv"] != arrays["y"]).sum())
+
+
+def test_the_gallery_takes_the_cells_adversarial_examples_and_attacks_only_what_they_did_not(
+    tiny_runs, tmp_path, suite_file, monkeypatch
+):
+    """Nested mode: each gallery image was attacked by the gallery attack's cells up to its headline eps (at the eps
+    where it broke, or at the headline eps), so the gallery attacks nothing again; a resumed sweep, whose cells come
+    from disk, attacks them again and shows the same outcomes."""
+    again = []
+    monkeypatch.setattr(runner, "seed_all", lambda seed: again.append(seed))  # the gallery's own attack seeds first
+    out = tmp_path / "out"
+    models = [str(r.path) for r in tiny_runs]
+    options = {"suite": suite_file(), "n": 80, "out": str(out), "probe": 0, "report": False, "gallery": 8}
+    robustcnn.sweep(models, **options)
+    assert again == []
+    fooled = [_gallery_agrees_with_the_cells(out, model) for model in ("std", "adv")]
+    assert fooled[0] > 0  # the standard model is broken: the gallery shows adversarial examples
+    (out / "gallery" / "std.npz").unlink()
+    robustcnn.sweep(models, **options)  # every cell found on disk
+    assert len(again) == 2
+    assert [_gallery_agrees_with_the_cells(out, model) for model in ("std", "adv")] == fooled
+
+
 def cli(*argv):
     return run_main(sweep_cli.main, [*argv, "--no-report"], name="robustcnn.sweep")
 

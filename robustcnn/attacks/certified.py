@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from robustcnn.attacks.base import ATTACKS, CertifiedBound
-from robustcnn.certify.bounds import ALPHA_STEPS
+from robustcnn.certify import ALPHA_STEPS
 from robustcnn.config import COUNT, INT, option
 from robustcnn.console import progress, say
 

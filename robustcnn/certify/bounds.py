@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustcnn.certify import backward
+from robustcnn.certify import ALPHA_STEPS, backward
 from robustcnn.certify.graph import Graph, trace
 from robustcnn.certify.steps import JOINS, Affine, Box, Linear, Region
 from robustcnn.errors import UsageError
@@ -48,7 +48,6 @@ from robustcnn.threat import Norm
 
 METHODS = ("ibp", "crown")
 BACKWARD_NEURONS = 1024  # crown bounds layers up to this size by back-substitution too (cost ~ size x input size)
-ALPHA_STEPS = 20  # crown's Adam steps on its ReLU slopes for the final bound (what they lift: README, "crown")
 MEMORY = 2 << 30  # bytes per image crown's linear bounds may hold by default
 FORWARD_COPIES = 4  # tensors of a value's linear-bound size alive while one layer maps them (lower, upper, temporaries)
 

@@ -49,6 +49,9 @@ class Examples:
         return Examples(self.images.subset(np.arange(size)), self.batches)
 
 
+Keep = Callable[[np.ndarray, np.ndarray], None]  # (example ids of a batch, their x_adv (len, C, H, W))
+
+
 def start_seed() -> int:
     """The seed of the cell's random starts: the one `ChainRunner.cell` gave torch (`seed_all`), read without
     drawing from any generator, so every other random number of the cell is what it was before starts per example."""
@@ -81,8 +84,11 @@ def clean(target: Target, examples: Examples) -> np.ndarray:
     return correct
 
 
-def bounded(attack, target: Target, examples: Examples, todo: np.ndarray, eps: float) -> np.ndarray:
-    """One eps: the examples in `todo` are attacked; every other example counts as not robust."""
+def bounded(
+    attack, target: Target, examples: Examples, todo: np.ndarray, eps: float, keep: Keep | None = None
+) -> np.ndarray:
+    """One eps: the examples in `todo` are attacked; every other example counts as not robust. `keep(part, x_adv)`
+    sees each batch's adversarial examples (the gallery takes a few from there rather than attack them again)."""
     robust = np.zeros(len(examples), dtype=bool)
     index = np.flatnonzero(todo)
     if len(index):
@@ -91,6 +97,8 @@ def bounded(attack, target: Target, examples: Examples, todo: np.ndarray, eps: f
         def work(part: np.ndarray) -> None:
             x_adv = attack.generate(examples.x(part), y[part], eps, starts=Starts(seed, part))
             robust[part] = target.correct(x_adv, y[part])
+            if keep is not None:
+                keep(part, x_adv)
 
         in_batches(work, index, examples.batches, f"{attack.name} eps={eps:.4g}")
     return robust

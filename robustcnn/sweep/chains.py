@@ -135,6 +135,10 @@ class ChainRunner:
             attack = spec.attack_class(spec.name, spec.norm, spec.params, subject.target)
             spec.kind.run(self, subject, spec, attack)
 
+    def gallery_keep(self, subject: Subject, spec: AttackSpec, eps: float) -> cells.Keep | None:
+        """What a bounded cell at `eps` hands its adversarial examples to, for the gallery (`Sweep`); none here."""
+        return None
+
     def adapted(self, subject: Subject, spec: AttackSpec) -> AttackSpec:
         """`spec` as it runs on this model: adapted to what its model checks found (EOT on a random model, ...).
         Its keys, rows and survivors are those of the adapted attack, wherever the chain runs."""

@@ -58,6 +58,10 @@ class Runner(Protocol):
 
     def cascade_identity(self, subject: Subject, spec: Spec) -> dict[str, Any]: ...
 
+    def gallery_keep(
+        self, subject: Subject, spec: Spec, eps: float
+    ) -> Callable[[np.ndarray, np.ndarray], None] | None: ...
+
 
 class Kind:
     """One kind of attack as the sweep runs it. Subclasses set the class attributes and `run`."""

@@ -40,7 +40,9 @@ class Bounded(Kind):
                 mode = {"mode": "nested", "prior": list(grid[:i]), **runner.cascade_identity(subject, spec)}
 
             def compute(eps=eps, todo=todo) -> Cell:
-                return Cell([{"eps": eps}], cells.bounded(attack, subject.target, examples, todo, eps)[None], {})
+                keep = runner.gallery_keep(subject, spec, eps)
+                flags = cells.bounded(attack, subject.target, examples, todo, eps, keep)
+                return Cell([{"eps": eps}], flags[None], {})
 
             parts = {"attack": spec.describe(), "eps": eps, **mode}
             runner.cell(subject, spec, self.row_kind, parts, compute, Expected(len(examples), "eps", (eps,)))
