@@ -20,6 +20,7 @@ so a burst of load hits the sweep and its limit alike.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import subprocess
 import sys
@@ -292,7 +293,10 @@ def _ratios(values: list[float], what: str = "ratios") -> str:
 def startup_row(job: Job, repeats: int) -> Row:
     """What a sweep command costs beyond its cells and `import torch`: interpreter and imports past torch, models and
     data, checks, planning, files. Each round times `python -c "import torch"` and the command (report off) one after
-    the other; start-up = command wall - the seconds of every cell in its results.csv - the import's wall."""
+    the other; start-up = command wall - the seconds of every cell in its results.csv - the import's wall.
+    robustcnn's bytecode is compiled first, as pip leaves an installed package and as any run does where
+    PYTHONDONTWRITEBYTECODE is unset (set on our sandbox, it would add each edited module's compile to every round)."""
+    compileall.compile_dir(str(Path(robustcnn.__file__).parent), quiet=1)
     extra, commands, imports = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
