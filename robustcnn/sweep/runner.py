@@ -77,7 +77,7 @@ class Sweep(ChainRunner):
         self.write_seconds = 0.0  # what the last progressive rewrite of results.csv took
         self.headline = {s.id: headline_eps(self.suite, s.info, self.grids[s.id]) for s in self.subjects}
         self.manifest = self._manifest()
-        self.found: dict[tuple[str, str], dict[int, np.ndarray]] = {}  # (model, attack) -> example -> x_adv
+        self.gallery_found: dict[tuple[str, str], dict[int, np.ndarray]] = {}  # (model, attack) -> example -> x_adv
 
     # --- the whole run -------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -140,12 +140,12 @@ class Sweep(ChainRunner):
 
     def _finish(self, subject: Subject) -> None:
         """What a model gets once all its cells are done: the gallery and what each kind leaves (the patch images)."""
-        examples, correct = self.inputs[subject.id]
+        examples = self.inputs[subject.id][0]
         for done in self.done[subject.id]:
             if done.spec is not None:
                 done.spec.kind.after(self.out, subject, done.spec, done.cell)
         if self.config.gallery:
-            self._gallery(subject, examples, correct)
+            self._gallery(subject, examples)
 
     def _cell_count(self, subject: Subject) -> int:
         return 1 + sum(self.cell_count(chain) for chain in self.plan if chain.subject is subject)
@@ -271,7 +271,7 @@ class Sweep(ChainRunner):
         if eps > headline + EPS_TOLERANCE:
             return None
         wanted = self._gallery_index(subject)
-        found = self.found.setdefault((subject.id, spec.name), {})
+        found = self.gallery_found.setdefault((subject.id, spec.name), {})
 
         def keep(part: np.ndarray, x_adv: np.ndarray) -> None:
             for position in np.flatnonzero(np.isin(part, wanted)):
@@ -282,7 +282,7 @@ class Sweep(ChainRunner):
     def _gallery_index(self, subject: Subject) -> np.ndarray:
         return np.flatnonzero(self.inputs[subject.id][1])[: self.config.gallery]
 
-    def _gallery(self, subject: Subject, examples: cells.Examples, correct: np.ndarray) -> None:
+    def _gallery(self, subject: Subject, examples: cells.Examples) -> None:
         """A few adversarial examples of the strongest white-box eps attack, at its headline eps."""
         choice = self._strongest_attack(subject)
         if choice is None:
@@ -292,7 +292,7 @@ class Sweep(ChainRunner):
         if not len(index):
             return
         x, y = examples.x(index), examples.y[index]  # (k, C, H, W) float32, k = --gallery at most
-        found = self.found.get((subject.id, spec.name), {})
+        found = self.gallery_found.get((subject.id, spec.name), {})
         x_adv = np.stack([found.get(int(i), x[position]) for position, i in enumerate(index)])
         again = np.array([int(i) not in found for i in index])
         if again.any():
