@@ -60,6 +60,9 @@ class BenchConfig:
     robust_n: int | None = option(None, "test images the robust-train section attacks; default all (1000)", INT)
     aa_baselines: bool = option(True, "time ART's and torchattacks' AutoAttack beside ours", flag=False)
     limit_aa: bool = option(True, "sweep-limit section: also the autoattack-grade suite (minutes: Square)", flag=False)
+    limit_standard: bool = option(
+        True, "sweep-limit section: also the standard suite on each model (~20 min)", flag=False
+    )
     pgd_steps: int | None = option(
         None, "PGD steps in the sweep and attack sections (default 40, standard.toml); adaptive: 10 EOT, 40 BPDA", INT
     )
@@ -147,7 +150,8 @@ def _section(section: str, paths: list[Path], config: BenchConfig, device, batch
         from benchmarks import sweep_limit
 
         aa_n = config.aa_n if config.limit_aa else None
-        return sweep_limit.measure(paths, config.n, aa_n, device, batch, config.repeats, config.seed)
+        standard = config.limit_standard
+        return sweep_limit.measure(paths, config.n, aa_n, device, batch, config.repeats, config.seed, standard)
     if section == "attack":
         from benchmarks import attack_limit
 

@@ -261,19 +261,27 @@ def measure_job(job: Job, repeats: int) -> tuple[Rounds, Work]:
 
 
 def measure(
-    models: list[Path], n: int, aa_n: int | None, device: torch.device, batch: int, repeats: int, seed: int = 0
+    models: list[Path],
+    n: int,
+    aa_n: int | None,
+    device: torch.device,
+    batch: int,
+    repeats: int,
+    seed: int = 0,
+    standard: bool = True,
 ) -> list[Row]:
-    """The standard suite's bounded attacks on each model, and (aa_n images) the autoattack-grade suite on the
-    last one, in one round: its Square attack takes minutes."""
+    """The everyday sweep and its start-up as a command; the standard suite's bounded attacks on each model (unless
+    `standard` is off), and (aa_n images) the autoattack-grade suite on the last one, in one round: its Square
+    attack takes minutes."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-limit-suites-") as tmp:
         everyday = Job((models[-1],), everyday_suite(Path(tmp)), n, device, batch, seed, probe=0)
         targets = (LEAN_ATTACK_TARGET, LEAN_WALL_TARGET)
         rows += _rows(everyday, *measure_job(everyday, repeats), "FGSM + PGD-40, 6 eps, probes off", targets)
         rows.append(startup_row(everyday, repeats))
-        standard = bounded_suite("standard", Path(tmp))
-        for path in models:
-            job = Job((path,), standard, n, device, batch, seed)
+        suite = bounded_suite("standard", Path(tmp))
+        for path in models if standard else []:
+            job = Job((path,), suite, n, device, batch, seed)
             rows += _rows(
                 job, *measure_job(job, repeats), "standard suite without the patch", (ATTACK_TARGET, WALL_TARGET)
             )
@@ -292,29 +300,45 @@ def _ratios(values: list[float], what: str = "ratios") -> str:
     return f"{what} " + " / ".join(f"{r:.3g}" for r in values)
 
 
+# `python -m robustcnn.sweep ...` with `import torch` timed first, inside the same process (its seconds to argv[1])
+TIMED_TORCH = (
+    "import runpy, sys, time; started = time.perf_counter(); import torch; "
+    "open(sys.argv[1], 'w').write(repr(time.perf_counter() - started)); "
+    "sys.argv = ['robustcnn.sweep', *sys.argv[2:]]; runpy.run_module('robustcnn.sweep', run_name='__main__')"
+)
+TORCH_ALONE = "import time; started = time.perf_counter(); import torch; print(repr(time.perf_counter() - started))"
+
+
 def startup_row(job: Job, repeats: int) -> Row:
     """What a sweep command costs beyond its cells and `import torch`: interpreter and imports past torch, models and
-    data, checks, planning, files. Each round times `python -c "import torch"` and the command (report off) one after
-    the other; start-up = command wall - the seconds of every cell in its results.csv - the import's wall.
+    data, checks, planning, files. Each round runs `python -c "import torch"` and the command (report off) one after
+    the other, each timing its own `import torch` inside: start-up = command wall - its cells' seconds (results.csv)
+    - its own torch import - what the interpreter costs around `import torch` alone (that command's wall less its
+    import). Timing the import in the same process matters: a separately timed `import torch` varied from 2.5 to
+    4.8 s between processes on our shared host, more than the whole start-up (one round came out at -0.58 s).
     robustcnn's bytecode is compiled first, as pip leaves an installed package and as any run does where
     PYTHONDONTWRITEBYTECODE is unset (set on our sandbox, it would add each edited module's compile to every round)."""
     compileall.compile_dir(str(Path(robustcnn.__file__).parent), quiet=1)
     extra, commands, imports = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch"], check=True)
-        imports.append(time.perf_counter() - started)
+        alone = subprocess.run([sys.executable, "-c", TORCH_ALONE], check=True, capture_output=True, text=True)
+        around = time.perf_counter() - started - float(alone.stdout)  # interpreter start and exit with torch loaded
         with tempfile.TemporaryDirectory(prefix="bench-startup-") as out:
+            torch_seconds = Path(out) / "torch-import-seconds"
+            argv = [sys.executable, "-c", TIMED_TORCH, str(torch_seconds), *job.argv(str(Path(out) / "sweep"))[3:]]
             started = time.perf_counter()
-            subprocess.run(job.argv(out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             commands.append(time.perf_counter() - started)
-            cells = pd.read_csv(Path(out) / "results.csv").drop_duplicates("cell")
-        extra.append(commands[-1] - float(cells.seconds.sum()) - imports[-1])
+            cells = pd.read_csv(Path(out) / "sweep" / "results.csv").drop_duplicates("cell")
+            imports.append(float(torch_seconds.read_text()))
+        extra.append(commands[-1] - float(cells.seconds.sum()) - imports[-1] - around)
     where = f"{', '.join(p.name for p in job.models)}, n={job.n}, FGSM + PGD-40, 6 eps, probes off"
     return Row("sweep-limit", f"sweep command start-up beyond import torch and its cells ({where})", _median(extra),
                "s", target=f"<= {STARTUP_TARGET:g}", seconds=_median(commands), spread=_ratios(extra, "seconds"),
-               baseline='python -c "import torch"', baseline_seconds=_median(imports), repeats=repeats,
-               note="command wall - its cells' seconds (results.csv) - import torch's wall, per round")  # fmt: skip
+               baseline="import torch, timed inside the command", baseline_seconds=_median(imports), repeats=repeats,
+               note="command wall - its cells' seconds (results.csv) - its own import torch - the interpreter's start "
+               "and exit around import torch alone, per round")  # fmt: skip
 
 
 def _rows(job: Job, rounds: Rounds, work: Work, suite: str, targets: tuple[float, float] | None) -> list[Row]:
