@@ -283,7 +283,8 @@ def _notes(config: BenchConfig, device, batch: int) -> list[str]:
         "probe cells' seconds; wall = the whole in-process call (report off). The patch has no such limit (its "
         "cost is ART's image transforms), so the standard suite runs without it. The everyday sweep is FGSM + "
         "PGD-40 (Linf) over the quick suite's 6 eps with --probe 0; its start-up row runs it as a command: wall "
-        'time less its cells\' seconds (results.csv) less `python -c "import torch"` timed in the same round. '
+        "time less its cells' seconds (results.csv), less `import torch` timed inside that command, less the "
+        'interpreter\'s start and exit around `python -c "import torch"` (its wall less its own import). '
         "On a GPU the same command measures there, at the GPU's batch size.",
         "Autoattack section: the official AutoAttack (github.com/fra31/auto-attack, version standard, FAB-T "
         "included; run from AUTOATTACK_PATH, a reference, not a dependency), ART's AutoAttack (its defaults) and "
