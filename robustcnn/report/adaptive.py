@@ -179,9 +179,9 @@ def attacked(rows: Iterable[Mapping[str, Any]]) -> set[str]:
 def evaluations(rows: Iterable[Mapping[str, Any]], models: Mapping[str, ModelEntry]) -> dict[str, Evaluation]:
     """`evaluate` for every model of the rows (records of results.csv with model, kind and attack), by id, in row
     order (an entry with defaults where `models` has none)."""
-    names: dict[str, set[str]] = {}
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        attacks = names.setdefault(row["model"], set())
-        if row["kind"] == RowKind.ATTACK:
-            attacks.add(row["attack"])
-    return {model: evaluate(models.get(model) or ModelEntry(id=model), found) for model, found in names.items()}
+        by_model.setdefault(row["model"], []).append(row)
+    return {
+        model: evaluate(models.get(model) or ModelEntry(id=model), attacked(mine)) for model, mine in by_model.items()
+    }
