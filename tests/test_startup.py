@@ -38,9 +38,10 @@ def _pandas_csv(rows: list[dict]) -> str:
 
 def _rows(count: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
+    templates = make_results(models=["m"], attacks=["pgd"]).to_dict("records")
     rows = []
     for i in range(count):
-        row = make_results(models=["m"], attacks=["pgd"]).iloc[i % 5].to_dict()
+        row = dict(templates[i % 5])
         row.update(
             model=TRICKY_TEXT[rng.integers(len(TRICKY_TEXT))],
             params=json.dumps({"note": TRICKY_TEXT[rng.integers(len(TRICKY_TEXT))]}),
